@@ -1,0 +1,75 @@
+"""The ``kf`` command line: thin click commands over the library functions.
+
+Commands are imported lazily (click's documented LazyGroup pattern) so that
+``kf --help`` does not import torch. A :class:`kfold.io.KfError` anywhere is
+printed as one ``error: ...`` line with exit status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from .io import KfError
+
+COMMANDS = {
+    "make-data": ("kfold.commands", "make_data_cmd"),
+    "folds": ("kfold.commands", "folds_cmd"),
+    "train": ("kfold.commands", "train_cmd"),
+    "ensemble": ("ensemble.cli", "ensemble_cmd"),
+    "predict": ("ensemble.cli", "predict_cmd"),
+    "submit": ("submit.cli", "submit_cmd"),
+    "eda": ("kfold.report_cli", "eda_cmd"),
+    "report": ("kfold.report_cli", "report_cmd"),
+}
+HELP = {
+    "make-data": "Write a synthetic data set in the competition layout.",
+    "folds": "Write oof/folds.csv: person-grouped stratified K-fold.",
+    "train": "Train backbones per fold; save OOF and test probabilities.",
+    "ensemble": "Blend runs on OOF; report single vs ensemble macro F1.",
+    "predict": "Apply a run or ensemble (with TTA) to a folder of images.",
+    "submit": "Write the competition CSV (ImageID,ans) from a test.csv.",
+    "eda": "Tables and plots of the competition data.",
+    "report": "Per-class F1, confusion matrices, curves for runs/ensembles.",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        mod, attr = COMMANDS[name]
+        return getattr(importlib.import_module(mod), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, HELP[n]) for n in COMMANDS])
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KfError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kf")
+def main() -> None:
+    """kf: K-fold, out-of-fold, ensemble and submission toolkit for the face-mask competition.
+
+    \b
+    Main job:
+      kf make-data data --people 200          # or use the real competition folder
+      kf train --data data --config configs/lite0.yaml --config configs/mnv3.yaml --fold all
+      kf ensemble --data data --method caruana --bias
+      kf submit --data data --from ensemble/caruana --out submission.csv
+    """
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)

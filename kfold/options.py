@@ -1,0 +1,34 @@
+"""Options shared by every kf command (``--data``, ``--oof``) and data-label settings."""
+from __future__ import annotations
+
+import os
+
+import click
+
+data_option = click.option(
+    "--data", "data", type=click.Path(file_okay=False), default=lambda: os.environ.get("KF_DATA", "data"),
+    show_default="$KF_DATA or data/", help="Competition folder holding train/ and eval/.")
+oof_option = click.option(
+    "--oof", "oof", type=click.Path(file_okay=False), default="oof", show_default=True,
+    help="Folder of stage files (folds, runs, ensembles); one per experiment.")
+
+
+def parse_age_cuts(ctx: click.Context, param: click.Parameter, value: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("expected two numbers like 30,60") from None
+    if not a < b:
+        raise click.BadParameter("the first cut must be below the second")
+    return a, b
+
+
+def label_options(f):
+    """``--age-cuts``, ``--corrections``, ``--k`` and ``--folds-seed``: what defines labels and folds."""
+    f = click.option("--folds-seed", default=42, show_default=True, help="random_state of StratifiedGroupKFold.")(f)
+    f = click.option("--k", default=5, show_default=True, help="Number of folds.")(f)
+    f = click.option("--corrections", type=click.Path(dir_okay=False), default=None,
+                     help="Label-corrections CSV (path,field,value), applied before anything else.")(f)
+    f = click.option("--age-cuts", default="30,60", show_default=True, callback=parse_age_cuts,
+                     help="Age band cut-offs in years: <A, A..B-1, >=B (58 is a common second cut).")(f)
+    return f

@@ -1,0 +1,18 @@
+"""Shared fixtures: tiny generated competition data, made with the users' own generator."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pytest
+
+from kfold.synth import make_data
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A competition folder: 20 train people (140 images), 6 eval people (42 images), 32x32, with quirks."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    make_data(root, people=20, eval_people=6, size=(32, 32), seed=1, quirks=True)
+    return root
