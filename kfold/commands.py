@@ -61,3 +61,52 @@ def folds_cmd(data, oof, age_cuts, corrections, k, folds_seed, force):
     tab = stratification_report(folds, images)
     click.echo("gender x age-band share per fold (%), people counted once:")
     click.echo(tab.to_string())
+
+
+def parse_folds(value: str) -> list[int] | None:
+    if value == "all":
+        return None
+    try:
+        return sorted({int(v) for v in value.split(",")})
+    except ValueError:
+        raise click.BadParameter("expected all, a fold number, or a list like 0,2") from None
+
+
+@click.command("train")
+@data_option
+@oof_option
+@label_options
+@click.option("--config", "configs", multiple=True, required=True, type=click.Path(dir_okay=False),
+              help="YAML config (repeat to train several backbones).")
+@click.option("--fold", "fold", default="all", show_default=True, help="all, one fold (0) or a list (0,2).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value, parsed as YAML (repeatable): --set epochs=1 --set image_size=[96,96].")
+@click.option("--force", is_flag=True, help="Retrain finished folds (deletes the run folder first).")
+@click.option("--progress/--no-progress", default=None, help="Per-epoch progress bar (default: when on a terminal).")
+def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, overrides, force, progress):
+    """Train each config's backbone on each fold; write OOF and test probabilities.
+
+    Finished folds are skipped on rerun; an interrupted fold resumes from its
+    last finished epoch. Outputs go to OOF_DIR/<run name>/ (docs/formats.md).
+
+    \b
+    Example:
+      kf train --data ../shared/maskfaces --config configs/lite0.yaml --config configs/mnv3.yaml --fold all
+      kf train --config configs/lite0.yaml --fold 0 --set epochs=1 --set image_size=[64,64]
+    """
+    from .config import load_config, parse_overrides
+    from .train import load_data, train_runs
+
+    sets = parse_overrides(overrides)
+    cfgs = [load_config(c, sets) for c in configs]
+    names = [c.name for c in cfgs]
+    if len(set(names)) != len(names):
+        raise click.UsageError(f"two configs share a run name: {names}; give each a distinct name")
+    folds = parse_folds(fold)
+    bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed)
+    metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress)
+    done = [m for m in metas if m["finished"]]
+    if done:
+        click.echo("run                  OOF macro F1  accuracy  minutes")
+        for m in done:
+            click.echo(f"{m['name']:<20} {m['oof_macro_f1']:>12.4f}  {m['oof_accuracy']:>8.4f}  {m['seconds'] / 60:>7.1f}")

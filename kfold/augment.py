@@ -1,0 +1,79 @@
+"""Training augmentation (albumentations) and the dataset over the uint8 cache.
+
+Images arrive already resized (see :mod:`kfold.cache`), so augmentation works
+on small uint8 arrays; normalisation to the model's mean/std happens on the
+whole batch on the device (:func:`to_model_input`), not per image.
+"""
+from __future__ import annotations
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def build_train_transform(aug: dict, size: tuple[int, int], seed: int) -> A.Compose | None:
+    """An albumentations ``Compose`` from the config's ``augment`` section; None when every probability is 0.
+
+    Args:
+        aug: probabilities ``hflip``, ``affine``, ``brightness_contrast``,
+            ``hue_saturation``, ``coarse_dropout`` and ``rotate`` (degrees).
+        size: ``(height, width)`` of the cached images.
+        seed: seed of the Compose (reseeded per epoch and per worker by the trainer).
+    """
+    h, w = size
+    t = []
+    if aug["hflip"] > 0:
+        t.append(A.HorizontalFlip(p=aug["hflip"]))
+    if aug["affine"] > 0:
+        t.append(A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-aug["rotate"], aug["rotate"]),
+                          border_mode=0, p=aug["affine"]))
+    if aug["brightness_contrast"] > 0:
+        t.append(A.RandomBrightnessContrast(0.2, 0.2, p=aug["brightness_contrast"]))
+    if aug["hue_saturation"] > 0:
+        t.append(A.HueSaturationValue(p=aug["hue_saturation"]))
+    if aug["coarse_dropout"] > 0:
+        t.append(A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15),
+                                 p=aug["coarse_dropout"]))
+    return A.Compose(t, seed=seed) if t else None
+
+
+class CachedImages(Dataset):
+    """Rows ``indices`` of a uint8 cache ``(n, height, width, 3)``, augmented, as uint8 CHW tensors.
+
+    Items are ``(image uint8 (3, height, width), label int64)``.
+    """
+
+    def __init__(self, cache: np.ndarray, indices: np.ndarray, labels: np.ndarray, transform: A.Compose | None = None):
+        self.cache, self.indices, self.labels, self.transform = cache, np.asarray(indices), np.asarray(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        img = np.array(self.cache[self.indices[i]])  # a writable copy of the read-only memmap row
+        if self.transform is not None:
+            img = self.transform(image=img)["image"]
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), int(self.labels[i])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker's albumentations Compose its own seed.
+
+    The seed comes from ``torch.initial_seed()``, which the DataLoader derives
+    from its (seeded) generator, so runs stay reproducible with workers.
+    """
+    info = torch.utils.data.get_worker_info()
+    t = getattr(info.dataset, "transform", None)
+    if t is not None:
+        t.set_random_seed(int(torch.initial_seed() % 2**31))
+
+
+def to_model_input(batch_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device: torch.device,
+                   channels_last: bool = False) -> torch.Tensor:
+    """uint8 ``(batch, 3, h, w)`` -> float32 normalised on ``device``: ``(x / 255 - mean) / std``.
+
+    ``mean``/``std`` are float tensors of shape ``(1, 3, 1, 1)`` already on ``device``.
+    """
+    x = batch_u8.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x

@@ -1,0 +1,103 @@
+"""Decode and resize each image once into a uint8 cache shared by folds, epochs and backbones.
+
+The cache for a list of images at one ``(height, width)`` is a ``.npy`` file
+of shape ``(n_images, height, width, 3)``, dtype uint8, RGB, opened as a
+read-only memory map (so DataLoader workers share the pages). Its name is a
+``joblib.hash`` of the image paths, their sizes and modification times and
+the target size: a changed image makes a new cache. It is built in parallel
+with joblib and written atomically (temporary file + rename).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import joblib
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .io import KfError
+
+cv2.setNumThreads(1)
+
+
+def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode one image to RGB uint8 ``(height, width, 3)``, optionally resized to ``size = (height, width)``.
+
+    RGBA is composited on black, grayscale and palette images are expanded to RGB
+    (PIL ``convert("RGB")``). Resizing uses OpenCV's area interpolation when
+    shrinking and bilinear when enlarging.
+
+    Raises:
+        KfError: the file is missing, truncated, corrupt or not an image.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            rgb = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise KfError(f"{path}: image not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise KfError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if size is not None and rgb.shape[:2] != tuple(size):
+        h, w = size
+        interp = cv2.INTER_AREA if h * w < rgb.shape[0] * rgb.shape[1] else cv2.INTER_LINEAR
+        rgb = cv2.resize(rgb, (w, h), interpolation=interp)
+    return rgb
+
+
+def _load_chunk(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
+    return np.stack([load_image(p, size) for p in paths])
+
+
+def cache_key(paths: Sequence[str | Path], size: tuple[int, int]) -> str:
+    """``joblib.hash`` of the paths, each file's size and mtime, and the target size."""
+    stats = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            raise KfError(f"{p}: image not found") from None
+        stats.append((st.st_size, st.st_mtime_ns))
+    return joblib.hash([[str(p) for p in paths], stats, list(size)])
+
+
+def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: str | Path, n_jobs: int = -1,
+                verbose: bool = False) -> np.ndarray:
+    """Return the uint8 cache of ``paths`` at ``size = (height, width)``, building it when absent.
+
+    Args:
+        paths: image files, in the order of the returned rows.
+        size: ``(height, width)`` in pixels.
+        cache_dir: folder for the ``.npy`` files (created if needed).
+        n_jobs: joblib workers for decoding (-1: all cores).
+
+    Returns:
+        Read-only memory map, shape ``(len(paths), height, width, 3)``, uint8 RGB.
+
+    Raises:
+        KfError: an image cannot be read (naming the file).
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    size = (int(size[0]), int(size[1]))
+    target = cache_dir / f"{size[0]}x{size[1]}_{len(paths)}_{cache_key(paths, size)[:16]}.npy"
+    if not target.exists():
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3))
+        try:
+            chunk = 64
+            starts = range(0, len(paths), chunk)
+            jobs = (joblib.delayed(_load_chunk)([str(p) for p in paths[s:s + chunk]], size) for s in starts)
+            workers = joblib.Parallel(n_jobs=n_jobs if len(paths) > 2 * chunk else 1, return_as="generator")
+            for s, arr in zip(starts, workers(jobs)):
+                out[s:s + len(arr)] = arr
+            out.flush()
+            del out
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return np.load(target, mmap_mode="r")

@@ -1,0 +1,421 @@
+"""K-fold training of timm backbones: per fold, train, keep the best epoch, predict OOF and test.
+
+Layout of a run (``<oof>/<run>/``, see ``docs/formats.md``)::
+
+    run.json  config.yaml  oof.csv  test.csv
+    fold<k>/best.pt  last.pt  log.csv  oof.csv  test.csv  result.json
+
+Reproducibility: every random number of epoch ``e`` of fold ``f`` (shuffling,
+augmentation, dropout) comes from seeds derived from ``(seed, f, e)`` at the
+start of that epoch. A fold killed mid-epoch resumes from ``last.pt`` (model,
+optimizer, scheduler, grad scaler, EMA, history after the last finished
+epoch) and replays the interrupted epoch exactly, so on CPU its OOF equals
+an uninterrupted run's.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .config import TrainConfig, dump_config
+from .io import KfError, atomic_write, read_json, write_csv, write_json
+
+PROB_COLS = [f"prob_{c}" for c in range(18)]
+# config keys that change how fast, not what is computed
+RUNTIME_KEYS = ("num_workers", "threads", "device", "eval_batch_size")
+
+
+@dataclass
+class DataBundle:
+    """What every run of one ``kf train`` call shares: data root, folds and test rows."""
+
+    root: Path
+    folds: pd.DataFrame       # image, person, label, fold (folds.csv order)
+    folds_meta: dict          # folds.json
+    test: pd.DataFrame        # ImageID, image (info.csv order)
+    data_settings: dict       # root, age_cuts, corrections
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 18) -> float:
+    """Macro F1 over ``n_classes`` classes (sklearn's ``f1_score(average='macro', labels=range(n), zero_division=0)``)."""
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_classes)), zero_division=0))
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU.
+
+    Raises:
+        KfError: CUDA asked for but not available.
+    """
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise KfError(f"device {cfg.device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def resolve_workers(cfg: TrainConfig, device: torch.device) -> tuple[int, int]:
+    """``(torch threads, DataLoader workers)``.
+
+    ``auto`` on CPU: all cores for torch and no workers; measured on 2 cores
+    (docs/benchmarks.md), one worker beside 2 torch threads oversubscribes
+    and is slower, since augmentation of cached small images is cheap next
+    to the model. On CUDA: workers = min(8, cores - 1), torch threads unchanged.
+    """
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        threads = torch.get_num_threads() if cfg.threads == "auto" else int(cfg.threads)
+        workers = min(8, max(cores - 1, 0)) if cfg.num_workers == "auto" else int(cfg.num_workers)
+    else:
+        threads = cores if cfg.threads == "auto" else max(1, int(cfg.threads))
+        workers = 0 if cfg.num_workers == "auto" else int(cfg.num_workers)
+    return threads, workers
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: on CUDA ``auto`` is bf16 where supported, else fp16; None (fp32) on CPU or ``off``."""
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global RNG and torch (CPU and CUDA)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, fold: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` of fold ``fold`` (independent of any earlier epoch)."""
+    return (seed * 1_000_003 + fold * 10_007 + epoch * 101 + 17) % 2**31
+
+
+def versions() -> dict:
+    import albumentations
+    import timm
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
+            "albumentations": albumentations.__version__, "kf": __version__}
+
+
+def _save_torch(obj, path: Path) -> None:
+    with atomic_write(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def _probs_frame(front: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    return pd.concat([front.reset_index(drop=True), pd.DataFrame(probs, columns=PROB_COLS)], axis=1)
+
+
+class FoldTrainer:
+    """Train one fold of one run; see :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, fold: int, run_dir: Path, data: DataBundle, train_cache: np.ndarray,
+                 test_cache: np.ndarray, device: torch.device, workers: int, echo: Callable[[str], None] = print,
+                 progress: bool | None = None):
+        self.cfg, self.fold, self.data, self.device, self.workers, self.echo = cfg, fold, data, device, workers, echo
+        self.dir = run_dir / f"fold{fold}"
+        self.train_cache, self.test_cache = train_cache, test_cache
+        self.progress = progress
+        f = data.folds["fold"].to_numpy()
+        self.tr_idx, self.va_idx = np.flatnonzero(f != fold), np.flatnonzero(f == fold)
+        self.labels = data.folds["label"].to_numpy()
+        self.amp = amp_dtype(cfg, device)
+        self.channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+
+    # -- building blocks ------------------------------------------------------------------
+    def _build(self):
+        import timm.optim
+        import timm.scheduler
+        import timm.utils
+
+        from .losses import build_loss, class_weights
+        from .models import create_model, normalisation
+
+        cfg = self.cfg
+        model = create_model(cfg.model, cfg.pretrained, drop_rate=cfg.drop_rate, freeze_backbone=cfg.freeze_backbone)
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.mean, self.std = normalisation(model)
+        opt = timm.optim.create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = None
+        if cfg.scheduler != "none":
+            sched, _ = timm.scheduler.create_scheduler_v2(
+                opt, sched=cfg.scheduler, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
+                min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs, plateau_mode="max",
+                patience_epochs=1)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        ema = timm.utils.ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+        w = class_weights(self.labels[self.tr_idx], cfg.class_weights)
+        loss_fn = build_loss(cfg.loss, w.to(self.device) if w is not None else None, cfg.label_smoothing, cfg.focal_gamma)
+        return model, opt, sched, scaler, ema, loss_fn
+
+    def _loader(self, epoch: int):
+        from torch.utils.data import DataLoader
+
+        from .augment import CachedImages, build_train_transform, seed_worker
+
+        s = epoch_seed(self.cfg.seed, self.fold, epoch)
+        seed_everything(s)
+        transform = build_train_transform(self.cfg.augment, tuple(self.cfg.image_size), s)
+        ds = CachedImages(self.train_cache, self.tr_idx, self.labels[self.tr_idx], transform)
+        g = torch.Generator().manual_seed(s)
+        bs = min(self.cfg.batch_size, len(ds))
+        return DataLoader(ds, batch_size=bs, shuffle=True, generator=g, num_workers=self.workers,
+                          worker_init_fn=seed_worker if self.workers else None, drop_last=len(ds) > bs,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    def predict(self, model, images: np.ndarray, indices: np.ndarray | None, tta: str) -> np.ndarray:
+        from .tta import predict_array
+
+        return predict_array(model, images, self.mean, self.std, self.device, tta, self.cfg.eval_batch_size,
+                             self.amp, self.channels_last, indices)
+
+    # -- the fold ---------------------------------------------------------------------------
+    def finished(self) -> bool:
+        return (self.dir / "result.json").exists()
+
+    def run(self) -> dict:
+        """Train (or resume) this fold, then write its OOF/test predictions; return its result dict."""
+        from tqdm import tqdm
+
+        from .augment import to_model_input
+        from .models import set_train_mode
+
+        cfg = self.cfg
+        self.dir.mkdir(parents=True, exist_ok=True)
+        model, opt, sched, scaler, ema, loss_fn = self._build()
+        eval_model = ema.module if ema is not None else model
+        history: list[dict] = []
+        start_epoch, best, best_epoch, bad_epochs = 0, -1.0, -1, 0
+        last = self.dir / "last.pt"
+        if last.exists():
+            ck = torch.load(last, map_location=self.device, weights_only=True)
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if sched is not None and ck.get("scheduler") is not None:
+                sched.load_state_dict(ck["scheduler"])
+            scaler.load_state_dict(ck["scaler"])
+            if ema is not None and ck.get("ema") is not None:
+                ema.load_state_dict(ck["ema"])
+            history, start_epoch = ck["history"], ck["epoch"] + 1
+            best, best_epoch, bad_epochs = ck["best"], ck["best_epoch"], ck["bad_epochs"]
+            self.echo(f"  fold {self.fold}: resuming after epoch {ck['epoch']} (best macro F1 {best:.4f} at epoch {best_epoch})")
+        m = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        s = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        t_fold = time.time()
+        stop = bad_epochs >= cfg.early_stopping > 0
+        for epoch in range(start_epoch, cfg.epochs):
+            if stop:
+                break
+            loader = self._loader(epoch)
+            set_train_mode(model)
+            t0, seen, loss_sum = time.time(), 0, 0.0
+            opt.zero_grad(set_to_none=True)
+            bar = tqdm(loader, desc=f"{cfg.name} fold {self.fold} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=None if self.progress is None else not self.progress, unit="batch")
+            n_batches = len(loader)
+            for i, (xb, yb) in enumerate(bar):
+                x = to_model_input(xb, m, s, self.device, self.channels_last)
+                y = yb.to(self.device, non_blocking=True)
+                with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                    loss = loss_fn(model(x), y)
+                scaler.scale(loss / cfg.accum_steps).backward()
+                if (i + 1) % cfg.accum_steps == 0 or i + 1 == n_batches:
+                    scaler.step(opt)
+                    scaler.update()
+                    opt.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(model)
+                seen += len(yb)
+                loss_sum += float(loss.detach()) * len(yb)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
+            train_s = time.time() - t0
+            probs = self.predict(eval_model, self.train_cache, self.va_idx, "none")
+            yv = self.labels[self.va_idx]
+            pred = probs.argmax(1)
+            f1 = macro_f1(yv, pred)
+            val_loss = float(-np.log(np.clip(probs[np.arange(len(yv)), yv], 1e-7, 1)).mean())
+            lr = opt.param_groups[0]["lr"]
+            if sched is not None:
+                sched.step(epoch + 1, f1)
+            history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
+                            "val_macro_f1": f1, "val_accuracy": float((pred == yv).mean()), "lr": lr,
+                            "images_per_s": seen / train_s, "seconds": time.time() - t0})
+            if f1 > best:
+                best, best_epoch, bad_epochs = f1, epoch + 1, 0
+                _save_torch(eval_model.state_dict(), self.dir / "best.pt")
+            else:
+                bad_epochs += 1
+            stop = bad_epochs >= cfg.early_stopping > 0
+            _save_torch({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict() if sched is not None else None, "scaler": scaler.state_dict(),
+                         "ema": ema.state_dict() if ema is not None else None, "history": history, "epoch": epoch,
+                         "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs}, last)
+            write_csv(pd.DataFrame(history), self.dir / "log.csv")
+            self.echo(f"  {cfg.name} fold {self.fold} epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['train_loss']:.4f} "
+                      f"val macro F1 {f1:.4f} acc {history[-1]['val_accuracy']:.4f} "
+                      f"({history[-1]['images_per_s']:.0f} img/s, {history[-1]['seconds']:.0f} s)"
+                      + (" early stop" if stop else ""))
+        # best epoch -> OOF and test predictions with TTA
+        eval_model.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
+        oof = self.predict(eval_model, self.train_cache, self.va_idx, cfg.tta)
+        test = self.predict(eval_model, self.test_cache, None, cfg.tta)
+        folds = self.data.folds.iloc[self.va_idx]
+        write_csv(_probs_frame(folds[["image", "person", "fold", "label"]], oof), self.dir / "oof.csv")
+        write_csv(_probs_frame(self.data.test[["ImageID"]], test), self.dir / "test.csv")
+        result = {"fold": self.fold, "macro_f1": macro_f1(folds["label"].to_numpy(), oof.argmax(1)),
+                  "macro_f1_no_tta": best, "best_epoch": best_epoch, "epochs_run": len(history),
+                  "seconds": time.time() - t_fold + sum(h["seconds"] for h in history[:start_epoch])}
+        write_json(result, self.dir / "result.json")
+        last.unlink(missing_ok=True)
+        return result
+
+
+def _comparable(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
+
+
+def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) -> Path:
+    """Create ``<oof>/<run>/`` with run.json and config.yaml, or check that an existing run matches.
+
+    Raises:
+        KfError: the run folder holds a run with other settings or other folds
+            and ``force`` is False.
+    """
+    run_dir = oof_dir / cfg.name
+    meta_path = run_dir / "run.json"
+    if meta_path.exists() and not force:
+        old = read_json(meta_path)
+        if old.get("folds_fingerprint") != data.folds_meta["folds_fingerprint"]:
+            raise KfError(f"{meta_path}: trained on other folds; use --force to retrain or another run name")
+        a, b = _comparable(old.get("config", {})), _comparable(cfg.to_dict())
+        diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        if diff or old.get("data", {}).get("age_cuts") != list(data.data_settings["age_cuts"]):
+            raise KfError(f"{meta_path}: trained with other settings ({'; '.join(diff) or 'data settings'}); "
+                          "use --force to retrain or another run name")
+        return run_dir
+    if force and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"name": cfg.name, "kind": "run", "config": cfg.to_dict(), "data": data.data_settings,
+                "folds_fingerprint": data.folds_meta["folds_fingerprint"], "k": data.folds_meta["k"], "tta": cfg.tta,
+                "versions": versions(), "folds": {}, "finished": False}, meta_path)
+    with atomic_write(run_dir / "config.yaml") as fh:
+        fh.write(dump_config(cfg))
+    return run_dir
+
+
+def assemble_run(cfg: TrainConfig, run_dir: Path, data: DataBundle) -> dict:
+    """Update run.json from the finished folds; when all K are done, write the run's oof.csv and test.csv.
+
+    Returns:
+        run.json content (``finished`` tells whether oof.csv/test.csv exist).
+    """
+    meta = read_json(run_dir / "run.json")
+    k = data.folds_meta["k"]
+    done = {f: read_json(run_dir / f"fold{f}" / "result.json") for f in range(k) if (run_dir / f"fold{f}" / "result.json").exists()}
+    meta["folds"] = {str(f): r for f, r in done.items()}
+    if len(done) == k:
+        parts = [pd.read_csv(run_dir / f"fold{f}" / "oof.csv", dtype={"person": str}) for f in range(k)]
+        oof = pd.concat(parts).set_index("image").loc[data.folds["image"]].reset_index()
+        oof = oof[["image", "person", "fold", "label"] + PROB_COLS]
+        test_probs = np.mean([pd.read_csv(run_dir / f"fold{f}" / "test.csv")[PROB_COLS].to_numpy() for f in range(k)], axis=0)
+        test = _probs_frame(data.test[["ImageID"]], test_probs)
+        write_csv(oof, run_dir / "oof.csv")
+        write_csv(test, run_dir / "test.csv")
+        meta["oof_macro_f1"] = macro_f1(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1))
+        meta["oof_accuracy"] = float((oof["label"].to_numpy() == oof[PROB_COLS].to_numpy().argmax(1)).mean())
+        meta["seconds"] = float(sum(r["seconds"] for r in done.values()))
+        meta["finished"] = True
+    write_json(meta, run_dir / "run.json")
+    return meta
+
+
+def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, folds: list[int] | None = None,
+               force: bool = False, echo: Callable[[str], None] = print, progress: bool | None = None) -> list[dict]:
+    """Train every config on the requested folds (all when None); skip finished folds unless ``force``.
+
+    Images are decoded once per image size into the cache ``<oof>/cache/``.
+
+    Returns:
+        One run.json dict per config.
+
+    Raises:
+        KfError: bad fold numbers, run folders with other settings, unreadable images.
+    """
+    from .cache import build_cache
+
+    oof_dir = Path(oof_dir)
+    k = data.folds_meta["k"]
+    folds = list(range(k)) if folds is None else folds
+    bad = [f for f in folds if not 0 <= f < k]
+    if bad:
+        raise KfError(f"--fold {bad[0]}: folds are 0..{k - 1}")
+    run_dirs = [prepare_run(c, data, oof_dir, force) for c in cfgs]
+    results = []
+    for cfg, run_dir in zip(cfgs, run_dirs):
+        device = resolve_device(cfg)
+        threads, workers = resolve_workers(cfg, device)
+        torch.set_num_threads(threads)
+        size = tuple(cfg.image_size)
+        t0 = time.time()
+        train_cache = build_cache([data.root / p for p in data.folds["image"]], size, oof_dir / "cache")
+        test_cache = build_cache([data.root / p for p in data.test["image"]], size, oof_dir / "cache")
+        echo(f"{cfg.name}: {cfg.model} ({cfg.pretrained}) {size[0]}x{size[1]} on {device}, {threads} threads, "
+             f"{workers} workers; cache ready in {time.time() - t0:.1f} s")
+        for f in folds:
+            trainer = FoldTrainer(cfg, f, run_dir, data, train_cache, test_cache, device, workers, echo, progress)
+            if trainer.finished():
+                r = read_json(trainer.dir / "result.json")
+                echo(f"  {cfg.name} fold {f}: finished earlier (macro F1 {r['macro_f1']:.4f}), skipped")
+                continue
+            r = trainer.run()
+            echo(f"{cfg.name} fold {f}: OOF macro F1 {r['macro_f1']:.4f} with TTA {cfg.tta} "
+                 f"(best epoch {r['best_epoch']}, {r['seconds']:.0f} s)")
+        meta = assemble_run(cfg, run_dir, data)
+        if meta["finished"]:
+            echo(f"{cfg.name}: OOF macro F1 {meta['oof_macro_f1']:.4f}, accuracy {meta['oof_accuracy']:.4f} over {k} folds "
+                 f"({meta['seconds'] / 60:.1f} min) -> {run_dir / 'oof.csv'}, {run_dir / 'test.csv'}")
+        else:
+            echo(f"{cfg.name}: folds done {sorted(int(f) for f in meta['folds'])} of {k}; oof.csv/test.csv come when all are done")
+        results.append(meta)
+    return results
+
+
+def load_data(root: str | Path, oof_dir: str | Path, age_cuts=(30, 60), corrections=None, k: int = 5,
+              seed: int = 42, force_folds: bool = False) -> DataBundle:
+    """Read the competition folder and ensure ``folds.csv``: what :func:`train_runs` needs.
+
+    Raises:
+        KfError: see :func:`kfold.data.read_train`, :func:`kfold.data.read_eval`, :func:`kfold.folds.ensure_folds`.
+    """
+    from .data import read_eval, read_train
+    from .folds import ensure_folds
+
+    images, _ = read_train(root, age_cuts, corrections)
+    test = read_eval(root)
+    folds, meta, _ = ensure_folds(images, oof_dir, k, seed, force=force_folds)
+    settings = {"root": str(Path(root).resolve()), "age_cuts": [float(a) for a in age_cuts],
+                "corrections": str(Path(corrections).resolve()) if corrections else None}
+    return DataBundle(Path(root), folds, meta, test, settings)
