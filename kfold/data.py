@@ -181,8 +181,9 @@ def read_train(root: str | Path, age_cuts: Sequence[float] = L.DEFAULT_AGE_CUTS,
         raise KfError(f"{root}: data folder not found (pass --data or set KF_DATA)")
     people = read_people(root)
     report = ReadReport()
-    gender = people["gender"].map(L.GENDER_CODE).to_numpy()
-    age = people["age"].to_numpy(dtype=float)
+    # copies: under pandas copy-on-write to_numpy() returns read-only views, and corrections write into these
+    gender = people["gender"].map(L.GENDER_CODE).to_numpy(dtype=np.int64, copy=True)
+    age = people["age"].to_numpy(dtype=float, copy=True)
     swaps: dict[str, list[tuple[str, str]]] = {}
     if corrections is not None:
         corr = read_corrections(corrections, people)

@@ -204,6 +204,7 @@ class FoldTrainer:
 
         cfg = self.cfg
         self.dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(epoch_seed(cfg.seed, self.fold, -1))  # the head's (or whole model's) random init
         model, opt, sched, scaler, ema, loss_fn = self._build()
         eval_model = ema.module if ema is not None else model
         history: list[dict] = []

@@ -1,0 +1,82 @@
+"""click commands of the ``ensemble`` stage: ``kf ensemble`` and ``kf predict`` (thin wrappers)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kfold.options import data_option, oof_option
+
+METHOD_CHOICES = ("all", "soft", "geo", "weights", "caruana", "stacking")
+
+
+@click.command("ensemble")
+@data_option
+@oof_option
+@click.option("--method", type=click.Choice(METHOD_CHOICES), default="caruana", show_default=True,
+              help="soft voting, geometric mean, simplex weights (log-loss), Caruana selection (macro F1), "
+                   "stacking (logistic regression), or all of them.")
+@click.option("--bias", is_flag=True, help="Also tune per-class biases on log-probabilities for OOF macro F1 (writes <name>+bias).")
+@click.option("--runs", default=None, metavar="A,B",
+              help="Runs to blend, names under --oof (e.g. effb0,mnv3 or ensemble/caruana). Default: every finished run.")
+@click.option("--name", default=None, help="Output name instead of the method's (one method only).")
+def ensemble_cmd(data, oof, method, bias, runs, name):
+    """Blend runs on their OOF probabilities; report single-run vs ensemble macro F1.
+
+    Every method is scored twice: in-sample on all OOF rows, and nested (per
+    fold, fitted on the other folds only), the honest estimate to compare
+    with a single run. Writes OOF/ensemble/<name>.json, <name>/oof.csv,
+    <name>/test.csv (a run's format) and <name>_scores.csv.
+
+    \b
+    Examples:
+      kf ensemble --oof oof --method caruana --bias
+      kf ensemble --oof oof --method all --runs effb0,mnv3,lite0
+      kf submit --data data --from ensemble/caruana+bias --out submission.csv
+    """
+    from .pipeline import format_table, run_ensemble
+
+    info = Path(data) / "eval" / "info.csv"
+    if not info.is_file():
+        click.echo(f"note: {info} not found; test.csv ImageIDs are checked between runs only")
+        info = None
+    names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info)
+    rs = report.runs
+    click.echo(f"{len(rs.names)} run(s): {', '.join(rs.names)}; {rs.oof.shape[1]} OOF images, "
+               f"{rs.test.shape[1]} test images, K={rs.k}"
+               + (f"; skipped unfinished: {', '.join(rs.skipped)}" if rs.skipped else ""))
+    click.echo(format_table(report.table))
+    click.echo("oof_macro_f1: in-sample on all OOF rows; nested_macro_f1: mean over folds of a fit "
+               "without that fold, scored on it (for a run: its per-fold OOF macro F1)")
+    for p in report.written:
+        if p.name.endswith(".json") and p.parent.name == "ensemble" or p.name.endswith("_scores.csv"):
+            click.echo(f"wrote {p}")
+
+
+@click.command("predict")
+@click.argument("run_or_ensemble")
+@click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of images to predict.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output CSV: ImageID,prob_0..prob_17.")
+@click.option("--tta", type=click.Choice(["none", "hflip", "flip", "d4"]), default=None,
+              help="Test-time augmentation for every run. Default: each run's own, from its run.json.")
+@click.option("--batch-size", default=64, show_default=True)
+@oof_option
+def predict_cmd(run_or_ensemble, images, out, tta, batch_size, oof):
+    """Apply a run or an ensemble (RUN_OR_ENSEMBLE, a name under --oof) to a folder of images.
+
+    \b
+    Examples:
+      kf predict effb0 --images data/eval/images --out effb0_eval.csv --tta flip
+      kf predict ensemble/caruana+bias --images data/eval/images --out blend_eval.csv
+    """
+    from kfold.io import check_writable
+
+    from .predict import predict_dir, write_predictions
+    from .runs import resolve_run_dir
+
+    check_writable(out)
+    run_dir = resolve_run_dir(run_or_ensemble, oof)
+    ids, probs = predict_dir(run_dir, images, tta=tta, batch_size=batch_size)
+    write_predictions(ids, probs, out)
+    click.echo(f"wrote {out}: {len(ids)} images, {run_or_ensemble}" + (f", tta={tta}" if tta else ", each run's own tta"))

@@ -1,0 +1,78 @@
+"""The honest estimate (nested over folds) and the scores table.
+
+A method that learns from OOF rows (weights, Caruana, stacking, biases)
+scores higher on those rows than on new images. The nested estimate removes
+that optimism: for each fold ``f`` the method is fitted on the OOF rows of
+the other K-1 folds only (stacking cross-fits inside those K-1 folds, so its
+inner folds exclude ``f`` too) and scored on fold ``f``'s rows. Its mean
+over folds is comparable with a single run's mean per-fold macro F1, since a
+run's OOF rows are already predicted by models that never saw them.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+from sklearn.base import clone
+
+from kfold.labels import N_CLASSES
+
+from .base import Ensembler
+from .metrics import accuracy, f1_per_class, macro_f1
+
+
+def nested_fits(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> Iterator[tuple[int, np.ndarray, Ensembler]]:
+    """For each fold ``f`` (sorted), a clone of ``estimator`` fitted on the rows of the other folds.
+
+    Args:
+        estimator: an unfitted method.
+        P: ``(n_runs, n_images, 18)`` float OOF probabilities.
+        y: ``(n_images,)`` int labels.
+        folds: ``(n_images,)`` int folds.
+
+    Yields:
+        ``(f, held, fitted)``: ``held`` is the ``(n_images,)`` bool mask of fold
+        ``f``'s rows, none of which ``fitted`` saw.
+    """
+    folds = np.asarray(folds)
+    for f in np.unique(folds):
+        held = folds == f
+        yield int(f), held, clone(estimator).fit(P[:, ~held], y[~held], folds[~held])
+
+
+def nested_estimate(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """Honest macro F1 of a method: per fold, fitted without that fold, scored on it.
+
+    Args: see :func:`nested_fits`.
+
+    Returns:
+        ``(n_folds,)`` float64 macro F1 of each held-out fold, in fold order.
+    """
+    return np.array([macro_f1(y[held], est.predict(P[:, held])) for _, held, est in nested_fits(estimator, P, y, folds)])
+
+
+def fold_scores(proba: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
+    """``(n_folds,)`` macro F1 of ``(n_images, 18)`` probabilities on each fold's rows, in fold order."""
+    pred = proba.argmax(axis=1)
+    return np.array([macro_f1(y[folds == f], pred[folds == f]) for f in np.unique(folds)])
+
+
+def score_row(name: str, kind: str, oof_proba: np.ndarray, y: np.ndarray, per_fold: np.ndarray) -> dict:
+    """One row of the scores table.
+
+    Args:
+        name: run or ensemble name.
+        kind: ``run`` or ``ensemble``.
+        oof_proba: ``(n_images, 18)`` OOF probabilities (in-sample for a fitted method).
+        per_fold: ``(n_folds,)`` held-out macro F1 per fold (the nested estimate;
+            for a run, its own per-fold OOF macro F1).
+
+    Returns:
+        ``{name, kind, oof_macro_f1, nested_macro_f1, fold<k>_macro_f1..., accuracy, f1_0..f1_17}``.
+    """
+    pred = oof_proba.argmax(axis=1)
+    row = {"name": name, "kind": kind, "oof_macro_f1": macro_f1(y, pred), "nested_macro_f1": float(np.mean(per_fold))}
+    row.update({f"fold{k}_macro_f1": float(s) for k, s in enumerate(per_fold)})
+    row["accuracy"] = accuracy(y, pred)
+    row.update({f"f1_{c}": float(v) for c, v in enumerate(f1_per_class(y, pred, N_CLASSES))})
+    return row

@@ -1,0 +1,203 @@
+"""``kf ensemble`` as a library function: load runs, fit methods, score them honestly, write outputs.
+
+Outputs, under ``<oof>/ensemble/`` (see docs/formats.md and docs/ensemble.md):
+
+* ``<name>.json``: method, members, weights, biases, tta per member,
+  folds_fingerprint, the fitted state and the scores (JSON, never pickle);
+* ``<name>/oof.csv``, ``<name>/test.csv``: exactly a run's format;
+* ``<name>/run.json``: ``kind: "ensemble"``, ``finished: true``,
+  ``folds_fingerprint``, so the ensemble loads like a run;
+* ``<label>_scores.csv``: the scores table of the invocation.
+
+``<name>`` is the method (``soft``, ``geo``, ``weights``, ``caruana``,
+``stacking``) or ``--name``, plus ``+bias`` for the bias-tuned variant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kfold.io import KfError, write_csv, write_json
+
+from .evaluate import fold_scores, nested_fits, score_row
+from .methods import METHODS, ensemble_name, make_method, to_state
+from .metrics import macro_f1
+from .runs import KEY_COLS, PROB_COLS, RunSet, load_runs
+
+ENSEMBLE_DIR = "ensemble"
+FLOAT_FORMAT = "%.8g"
+
+
+@dataclass
+class Fitted:
+    """One fitted variant of a method.
+
+    Attributes:
+        name: output name (``caruana``, ``caruana+bias``).
+        estimator: the method fitted on all OOF rows.
+        oof_proba: ``(n_images, 18)`` its OOF probabilities (``estimator.oof_proba_``).
+        test_proba: ``(n_test, 18)`` its test probabilities.
+        per_fold: ``(n_folds,)`` nested macro F1 of each held-out fold.
+    """
+
+    name: str
+    estimator: object
+    oof_proba: np.ndarray
+    test_proba: np.ndarray
+    per_fold: np.ndarray
+
+
+@dataclass
+class EnsembleReport:
+    """What :func:`run_ensemble` did: the runs, the fitted variants, the table and the files written."""
+
+    runs: RunSet
+    fitted: list[Fitted]
+    table: pd.DataFrame
+    written: list[Path] = field(default_factory=list)
+
+
+def fit_method(method: str, runs: RunSet, bias: bool = False, base_name: str | None = None) -> list[Fitted]:
+    """Fit ``method`` on all OOF rows and estimate it nested over folds.
+
+    With ``bias`` two variants come back, the plain method and the
+    bias-tuned one; both share the same fits (the bias-tuned estimator holds
+    the plain one as ``estimator_``), in fold loop and on all rows.
+
+    Args:
+        method: a key of :data:`ensemble.methods.METHODS`.
+        runs: the loaded runs.
+        bias: also return the bias-tuned variant.
+        base_name: output name instead of the method's.
+
+    Returns:
+        ``[plain]`` or ``[plain, plain+bias]``.
+    """
+    P, y, folds = runs.oof, runs.y, runs.folds
+    est = make_method(method, bias=bias).fit(P, y, folds)
+    plain_scores, bias_scores = [], []
+    for _, held, fold_est in nested_fits(make_method(method, bias=bias), P, y, folds):
+        if bias:
+            bias_scores.append(macro_f1(y[held], fold_est.predict(P[:, held])))
+            fold_est = fold_est.estimator_
+        plain_scores.append(macro_f1(y[held], fold_est.predict(P[:, held])))
+    base_name = base_name or method
+    plain = est.estimator_ if bias else est
+    out = [Fitted(ensemble_name(base_name, False), plain, plain.oof_proba_, plain.predict_proba(runs.test),
+                  np.array(plain_scores))]
+    if bias:
+        out.append(Fitted(ensemble_name(base_name, True), est, est.oof_proba_, est.predict_proba(runs.test),
+                          np.array(bias_scores)))
+    return out
+
+
+def member_rows(runs: RunSet) -> list[dict]:
+    """Score rows of the single runs: OOF macro F1 and per-fold macro F1 (already held-out)."""
+    return [score_row(name, "run", runs.oof[m], runs.y, fold_scores(runs.oof[m], runs.y, runs.folds))
+            for m, name in enumerate(runs.names)]
+
+
+def write_outputs(fit: Fitted, runs: RunSet, oof_dir: str | Path, rows: list[dict]) -> list[Path]:
+    """Write ``<oof>/ensemble/<name>.json`` and ``<name>/{oof.csv,test.csv,run.json}`` atomically.
+
+    ``run.json`` is written last, so a folder interrupted mid-write is not a
+    finished run.
+
+    Returns:
+        The paths written.
+    """
+    ens_dir = Path(oof_dir) / ENSEMBLE_DIR
+    out_dir = ens_dir / fit.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    oof = pd.concat([runs.keys[KEY_COLS].reset_index(drop=True), pd.DataFrame(fit.oof_proba, columns=PROB_COLS)], axis=1)
+    test = pd.concat([pd.DataFrame({"ImageID": runs.test_ids}), pd.DataFrame(fit.test_proba, columns=PROB_COLS)], axis=1)
+    state = to_state(fit.estimator)
+    own = next(r for r in rows if r["name"] == fit.name)
+    tta = {n: t for n, t in zip(runs.names, runs.tta)}
+    doc = {"name": fit.name, **{k: state[k] for k in ("method", "bias")}, "members": runs.names,
+           "weights": state["weights"], "biases": state["biases"], "tta": tta,
+           "folds_fingerprint": runs.folds_fingerprint, "k": runs.k,
+           "oof_macro_f1": own["oof_macro_f1"], "nested_macro_f1": own["nested_macro_f1"],
+           "params": state["params"], "bias_params": state["bias_params"], "fitted": state["fitted"],
+           "scores": [r for r in rows if r["kind"] == "run"] + [own], "versions": _versions()}
+    run_json = {"name": f"{ENSEMBLE_DIR}/{fit.name}", "kind": "ensemble", "method": state["method"], "bias": state["bias"],
+                "members": runs.names, "ensemble_json": f"../{fit.name}.json", "folds_fingerprint": runs.folds_fingerprint,
+                "k": runs.k, "tta": tta, "oof_macro_f1": own["oof_macro_f1"],
+                "nested_macro_f1": own["nested_macro_f1"], "finished": True}
+    paths = [out_dir / "oof.csv", out_dir / "test.csv", ens_dir / f"{fit.name}.json", out_dir / "run.json"]
+    write_csv(oof, paths[0], float_format=FLOAT_FORMAT)
+    write_csv(test, paths[1], float_format=FLOAT_FORMAT)
+    write_json(doc, paths[2])
+    write_json(run_json, paths[3])
+    return paths
+
+
+def _versions() -> dict:
+    import scipy
+    import sklearn
+
+    import kfold
+
+    return {"kf": kfold.__version__, "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__}
+
+
+def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] | None = None, bias: bool = False,
+                 name: str | None = None, info_csv: str | Path | None = None) -> EnsembleReport:
+    """Everything ``kf ensemble`` does: load, fit, estimate nested, write outputs and the scores table.
+
+    Args:
+        oof_dir: the ``--oof`` folder.
+        method: ``soft``, ``geo``, ``weights``, ``caruana``, ``stacking`` or ``all``.
+        runs: run names; None for every finished run under ``oof_dir``.
+        bias: also fit each method with per-class bias tuning (``<name>+bias``);
+            both variants are written and scored.
+        name: output name instead of the method's (one method only).
+        info_csv: optional ``eval/info.csv`` the ``test.csv`` ImageIDs must match.
+
+    Returns:
+        An :class:`EnsembleReport`; ``table`` has one row per member and per
+        fitted variant (see :func:`ensemble.evaluate.score_row`).
+
+    Raises:
+        KfError: bad input (see :func:`ensemble.runs.load_runs`), unknown
+            method, ``name`` with ``method="all"``, or a bad name.
+    """
+    if method != "all" and method not in METHODS:
+        raise KfError(f"--method {method!r}: unknown, expected one of {', '.join(METHODS)} or all")
+    if name is not None and method == "all":
+        raise KfError("--name applies to one method; with --method all each method is written under its own name")
+    if name is not None:
+        ensemble_name(name, bias)  # validate before the work
+    rs = load_runs(oof_dir, runs, info_csv=info_csv)
+    if rs.folds.min() == rs.folds.max():
+        raise KfError(f"{Path(oof_dir) / 'folds.json'}: a single fold; the nested estimate needs K >= 2")
+    methods = list(METHODS) if method == "all" else [method]
+    fitted: list[Fitted] = []
+    for m in methods:
+        fitted += fit_method(m, rs, bias=bias, base_name=name)
+    rows = member_rows(rs) + [score_row(f.name, "ensemble", f.oof_proba, rs.y, f.per_fold) for f in fitted]
+    table = pd.DataFrame(rows)
+    written: list[Path] = []
+    for f in fitted:
+        written += write_outputs(f, rs, oof_dir, rows)
+    label = ensemble_name(name or method, bias)
+    scores_csv = Path(oof_dir) / ENSEMBLE_DIR / f"{label}_scores.csv"
+    write_csv(table, scores_csv, float_format="%.6f")
+    written.append(scores_csv)
+    return EnsembleReport(runs=rs, fitted=fitted, table=table, written=written)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """Two text blocks: macro F1 (OOF, nested, per fold) and accuracy; then per-class F1 (columns 0..17)."""
+    summary = table[[c for c in table.columns if not c.startswith("f1_")]].set_index("name")
+    per_class = table.set_index("name")[[c for c in table.columns if c.startswith("f1_")]]
+    per_class.columns = [c[3:] for c in per_class.columns]
+    with pd.option_context("display.width", 250, "display.max_columns", 50):
+        return (summary.to_string(float_format=lambda v: f"{v:.4f}") + "\n\nper-class F1 (class = mask*6 + gender*3 + age band):\n"
+                + per_class.to_string(float_format=lambda v: f"{v:.3f}"))
+
+
+__all__ = ["EnsembleReport", "Fitted", "fit_method", "format_table", "member_rows", "run_ensemble", "write_outputs"]

@@ -1,0 +1,272 @@
+"""Load runs (``oof/<run>/{oof.csv,test.csv,run.json}``) for ensembling, validated at the boundary.
+
+Everything a method needs is checked here once, so the methods can trust
+their arrays: every run was trained on the folds in ``oof/folds.json``
+(same ``folds_fingerprint``), lists the same train images in the same order
+with the same person, fold and label, and holds 18 finite probabilities per
+row that sum to 1 within 1e-3; every ``test.csv`` lists the same ImageIDs in
+the same order. A failed check raises one :class:`kfold.io.KfError` line
+naming the file and the row (``row N`` is the line number, the header being
+line 1), as ``kfold.data`` does.
+
+An ensemble written by ``kf ensemble`` (``oof/ensemble/<name>/``) has the
+same files, so it can be loaded as a member too (``--runs ensemble/caruana``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kfold.folds import FOLDS_CSV, FOLDS_JSON, folds_fingerprint, load_folds
+from kfold.io import KfError, read_csv, read_json
+from kfold.labels import N_CLASSES
+
+log = logging.getLogger(__name__)
+
+PROB_COLS = [f"prob_{c}" for c in range(N_CLASSES)]
+KEY_COLS = ["image", "person", "fold", "label"]
+SUM_TOL = 1e-3
+#: folders under ``oof/`` that are never runs
+NOT_RUNS = ("ensemble", "cache")
+
+
+@dataclass
+class RunSet:
+    """Aligned OOF and test probabilities of several runs.
+
+    Attributes:
+        names: run names, paths relative to the ``oof`` folder (``effb0``, ``ensemble/caruana``).
+        dirs: the run folders.
+        keys: ``(n_images, 4)`` DataFrame ``image, person, fold, label`` in folds.csv order.
+        oof: ``(n_runs, n_images, 18)`` float64 OOF probabilities.
+        test_ids: ``(n_test,)`` ImageIDs in info.csv order.
+        test: ``(n_runs, n_test, 18)`` float64 test probabilities.
+        tta: per run, the ``tta`` recorded in its ``run.json`` (a dict for an ensemble).
+        folds_fingerprint: of ``oof/folds.json``; equal in every run.
+        k: number of folds.
+        skipped: unfinished runs left out when the runs were discovered.
+    """
+
+    names: list[str]
+    dirs: list[Path]
+    keys: pd.DataFrame
+    oof: np.ndarray
+    test_ids: np.ndarray
+    test: np.ndarray
+    tta: list
+    folds_fingerprint: str
+    k: int
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def y(self) -> np.ndarray:
+        """``(n_images,)`` int64 labels."""
+        return self.keys["label"].to_numpy(np.int64)
+
+    @property
+    def folds(self) -> np.ndarray:
+        """``(n_images,)`` int64 fold of each image."""
+        return self.keys["fold"].to_numpy(np.int64)
+
+
+def _row(i: int) -> str:
+    return f"row {i + 2}"
+
+
+def discover_runs(oof_dir: str | Path) -> tuple[list[str], list[str]]:
+    """Names of the finished and of the unfinished runs directly under ``oof_dir``.
+
+    A run is a folder with a ``run.json``; ``ensemble/``, ``cache/`` and hidden
+    folders are skipped. Names are sorted.
+
+    Raises:
+        KfError: ``oof_dir`` does not exist or a ``run.json`` is unreadable.
+    """
+    oof_dir = Path(oof_dir)
+    if not oof_dir.is_dir():
+        raise KfError(f"{oof_dir}: folder not found (pass --oof, or train runs with kf train first)")
+    finished, unfinished = [], []
+    for d in sorted(oof_dir.iterdir()):
+        if not d.is_dir() or d.name in NOT_RUNS or d.name.startswith(".") or not (d / "run.json").is_file():
+            continue
+        (finished if read_json(d / "run.json").get("finished") is True else unfinished).append(d.name)
+    return finished, unfinished
+
+
+def resolve_run_dir(name: str, oof_dir: str | Path) -> Path:
+    """Folder of run or ensemble ``name``: ``oof_dir/name`` or, failing that, ``name`` as a path.
+
+    Raises:
+        KfError: neither is a folder with a ``run.json``.
+    """
+    oof_dir = Path(oof_dir)
+    for d in (oof_dir / name, Path(name)):
+        if (d / "run.json").is_file():
+            return d
+    finished, unfinished = discover_runs(oof_dir) if oof_dir.is_dir() else ([], [])
+    ens = sorted(p.stem for p in (oof_dir / "ensemble").glob("*.json")) if (oof_dir / "ensemble").is_dir() else []
+    have = ", ".join(finished + unfinished + [f"ensemble/{e}" for e in ens]) or "none"
+    raise KfError(f"{oof_dir / name}: no run.json, not a run or ensemble (found under {oof_dir}: {have})")
+
+
+def _check_probs(df: pd.DataFrame, path: Path, id_col: str) -> np.ndarray:
+    """Return the ``(n, 18)`` float64 probabilities of ``df`` or raise naming ``path`` and the row."""
+    got = [c for c in df.columns if c.startswith("prob_")]
+    if got != PROB_COLS:
+        if sorted(got) == sorted(PROB_COLS):
+            raise KfError(f"{path}: prob columns out of order, expected prob_0..prob_{N_CLASSES - 1}")
+        raise KfError(f"{path}: {len(got)} prob columns ({', '.join(got[:3])}{', ...' if len(got) > 3 else ''}), "
+                      f"expected {N_CLASSES} (prob_0..prob_{N_CLASSES - 1}), one per class")
+    arr = df[PROB_COLS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        i, j = (int(v[0]) for v in np.nonzero(bad))
+        raise KfError(f"{path}: {_row(i)} ({id_col} {df[id_col].iloc[i]!r}): {PROB_COLS[j]} is "
+                      f"{df[PROB_COLS[j]].iloc[i]!r}, expected a finite probability")
+    out = (arr < 0) | (arr > 1 + SUM_TOL)
+    if out.any():
+        i, j = (int(v[0]) for v in np.nonzero(out))
+        raise KfError(f"{path}: {_row(i)} ({id_col} {df[id_col].iloc[i]!r}): {PROB_COLS[j]} = {arr[i, j]:g} "
+                      "is outside [0, 1] (expected softmax probabilities, not logits)")
+    s = arr.sum(axis=1)
+    off = np.abs(s - 1.0) > SUM_TOL
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise KfError(f"{path}: {_row(i)} ({id_col} {df[id_col].iloc[i]!r}): probabilities sum to {s[i]:.6g}, "
+                      f"expected 1 within {SUM_TOL:g} (softmax outputs, not logits)")
+    return arr
+
+
+def _first_diff(a: pd.DataFrame, b: pd.DataFrame, cols: list[str]) -> tuple[int, str] | None:
+    """First ``(row, column)`` where ``a`` and ``b`` (same length) differ, or None."""
+    for c in cols:
+        ne = a[c].to_numpy() != b[c].to_numpy()
+        if ne.any():
+            return int(np.flatnonzero(ne)[0]), c
+    return None
+
+
+def _read_oof(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    df = read_csv(path, required=KEY_COLS, dtype={"image": str, "person": str}, keep_default_na=False,
+                  na_values={c: ["", "nan", "NaN", "NA"] for c in PROB_COLS})
+    for c in ("fold", "label"):
+        if not pd.api.types.is_integer_dtype(df[c]):
+            vals = pd.to_numeric(df[c], errors="coerce")
+            bad = vals.isna() | (vals != vals.round())
+            i = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
+            raise KfError(f"{path}: {_row(i)}: {c} {df[c].iloc[i]!r} is not an integer")
+    probs = _check_probs(df, path, "image")
+    keys = df[KEY_COLS].copy()
+    keys["fold"] = keys["fold"].astype(np.int64)
+    keys["label"] = keys["label"].astype(np.int64)
+    return keys, probs
+
+
+def _read_test(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    df = read_csv(path, required=["ImageID"], dtype={"ImageID": str}, keep_default_na=False,
+                  na_values={c: ["", "nan", "NaN", "NA"] for c in PROB_COLS})
+    ids = df["ImageID"].astype(str).to_numpy()
+    dup = pd.Series(ids).duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise KfError(f"{path}: {_row(i)}: duplicate ImageID {ids[i]!r}")
+    return ids, _check_probs(df, path, "ImageID")
+
+
+def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str | Path | None = None) -> RunSet:
+    """Load and cross-check the OOF and test probabilities of ``runs``.
+
+    Args:
+        oof_dir: the ``--oof`` folder; must hold ``folds.json`` (and usually ``folds.csv``).
+        runs: run names (folders under ``oof_dir``, e.g. ``effb0`` or
+            ``ensemble/caruana``); None or empty loads every finished run
+            directly under ``oof_dir`` (``ensemble/`` and ``cache/`` skipped).
+        info_csv: optional ``eval/info.csv``; when given, ``test.csv`` must list
+            its ImageIDs in its order.
+
+    Returns:
+        A :class:`RunSet` with ``oof`` of shape ``(n_runs, n_images, 18)``.
+
+    Raises:
+        KfError: no runs; a named run is missing or unfinished; a ``run.json``
+            records another ``folds_fingerprint`` than ``oof/folds.json``; an
+            ``oof.csv`` differs from ``folds.csv`` (or from the first run) in
+            images, order, persons, folds or labels; prob columns missing or
+            not 18; a probability missing, non-finite or outside [0, 1]; a row
+            not summing to 1 within 1e-3; ``test.csv`` ImageIDs differ between
+            runs. The message names the file and the row.
+    """
+    oof_dir = Path(oof_dir)
+    skipped: list[str] = []
+    if not runs:
+        runs, skipped = discover_runs(oof_dir)
+        if skipped:
+            log.warning("skipping unfinished run(s): %s", ", ".join(skipped))
+        if not runs:
+            raise KfError(f"{oof_dir}: no finished runs (train with kf train, or name them with --runs)")
+    if len(set(runs)) != len(runs):
+        raise KfError(f"--runs: a run is named twice ({', '.join(runs)})")
+    meta_path = oof_dir / FOLDS_JSON
+    if not meta_path.is_file():
+        raise KfError(f"{meta_path}: file not found; ensembling needs the folds the runs were trained on (kf folds)")
+    meta = read_json(meta_path)
+    fp = meta.get("folds_fingerprint")
+    if not fp:
+        raise KfError(f"{meta_path}: no folds_fingerprint field")
+    ref_keys, ref_name = None, None
+    if (oof_dir / FOLDS_CSV).is_file():
+        ref_keys, ref_name = load_folds(oof_dir)[KEY_COLS], oof_dir / FOLDS_CSV
+
+    dirs, oofs, tests, ttas = [], [], [], []
+    ref_ids, ref_test_name = None, None
+    if info_csv is not None and Path(info_csv).is_file():
+        ref_ids = read_csv(info_csv, required=["ImageID"], dtype=str, keep_default_na=False)["ImageID"].str.strip().to_numpy()
+        ref_test_name = Path(info_csv)
+    for name in runs:
+        d = resolve_run_dir(name, oof_dir)
+        rj = read_json(d / "run.json")
+        if rj.get("finished") is not True:
+            raise KfError(f"{d / 'run.json'}: run not finished (finished: {rj.get('finished')!r}); "
+                          "finish it with kf train or leave it out of --runs")
+        if rj.get("folds_fingerprint") != fp:
+            raise KfError(f"{d / 'run.json'}: folds_fingerprint {str(rj.get('folds_fingerprint'))[:12]!r} differs from "
+                          f"{fp[:12]!r} in {meta_path}; the run was trained on other folds and cannot be ensembled with them")
+        keys, probs = _read_oof(d / "oof.csv")
+        if ref_keys is None:
+            if folds_fingerprint(keys) != fp:
+                raise KfError(f"{d / 'oof.csv'}: image/person/label/fold columns do not match folds_fingerprint in "
+                              f"{meta_path} (rows reordered, missing or edited)")
+            ref_keys, ref_name = keys, d / "oof.csv"
+        else:
+            if len(keys) != len(ref_keys):
+                raise KfError(f"{d / 'oof.csv'}: {len(keys)} rows, expected {len(ref_keys)} as in {ref_name}")
+            diff = _first_diff(keys, ref_keys, KEY_COLS)
+            if diff is not None:
+                i, c = diff
+                raise KfError(f"{d / 'oof.csv'}: {_row(i)}: {c} {keys[c].iloc[i]!r} differs from "
+                              f"{ref_keys[c].iloc[i]!r} in {ref_name} (runs must list the same images, in folds.csv order)")
+        ids, tprobs = _read_test(d / "test.csv")
+        if ref_ids is None:
+            ref_ids, ref_test_name = ids, d / "test.csv"
+        else:
+            if len(ids) != len(ref_ids):
+                raise KfError(f"{d / 'test.csv'}: {len(ids)} rows, expected {len(ref_ids)} as in {ref_test_name}")
+            ne = ids != ref_ids
+            if ne.any():
+                i = int(np.flatnonzero(ne)[0])
+                raise KfError(f"{d / 'test.csv'}: {_row(i)}: ImageID {ids[i]!r} differs from {ref_ids[i]!r} "
+                              f"in {ref_test_name} (test.csv must follow info.csv order)")
+        dirs.append(d)
+        oofs.append(probs)
+        tests.append(tprobs)
+        ttas.append(rj.get("tta"))
+    keys = ref_keys.reset_index(drop=True).copy()
+    keys["fold"] = keys["fold"].astype(np.int64)
+    keys["label"] = keys["label"].astype(np.int64)
+    return RunSet(names=list(runs), dirs=dirs, keys=keys, oof=np.stack(oofs), test_ids=np.asarray(ref_ids),
+                  test=np.stack(tests), tta=ttas, folds_fingerprint=fp,
+                  k=int(meta.get("k") or keys["fold"].nunique()), skipped=skipped)

@@ -1,0 +1,161 @@
+"""kf train on tiny generated data: OOF integrity, test order, resume, configs, weight loading, TTA."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from kfold import train
+from kfold.cli import main
+from kfold.config import load_config, parse_overrides
+from kfold.io import KfError
+from kfold.train import PROB_COLS, load_data, train_runs
+
+TINY = ["model=test_efficientnet", "pretrained=none", "image_size=[32,32]", "epochs=1", "batch_size=16",
+        "tta=hflip", "eval_batch_size=64", "augment.affine=0"]
+
+
+def tiny_config(tmp_path: Path, name: str = "tiny", extra=()):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text("lr: 0.003\nseed: 7\n")
+    return load_config(path, parse_overrides(TINY + list(extra)))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    """One tiny run on 3 folds; records which rows each fold trained on."""
+    tmp = tmp_path_factory.mktemp("trained")
+    seen: dict[int, np.ndarray] = {}
+    cfg = tiny_config(tmp)
+    data = load_data(tiny_data, tmp / "oof", k=3, seed=0)
+    real_loader = train.FoldTrainer._loader
+
+    def loader(self, epoch):
+        seen[self.fold] = self.tr_idx.copy()
+        return real_loader(self, epoch)
+
+    train.FoldTrainer._loader = loader
+    try:
+        metas = train_runs([cfg], data, tmp / "oof", echo=lambda s: None, progress=False)
+    finally:
+        train.FoldTrainer._loader = real_loader
+    return tmp / "oof", data, metas[0], seen
+
+
+def test_oof_has_one_row_per_train_image_predicted_by_the_fold_that_never_saw_its_person(trained):
+    oof_dir, data, meta, seen = trained
+    oof = pd.read_csv(oof_dir / "tiny" / "oof.csv", dtype={"person": str})
+    folds = data.folds
+    assert meta["finished"] is True
+    assert list(oof["image"]) == list(folds["image"])  # every image once, folds.csv order
+    assert (oof["fold"].to_numpy() == folds["fold"].to_numpy()).all()
+    for f, tr_idx in seen.items():
+        trained_people = set(folds["person"].iloc[tr_idx])
+        predicted_people = set(oof.loc[oof["fold"] == f, "person"])
+        assert predicted_people and not trained_people & predicted_people
+    p = oof[PROB_COLS].to_numpy()
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+
+
+def test_test_csv_is_in_info_order_sums_to_one_and_is_the_mean_of_fold_models(trained, tiny_data):
+    oof_dir, data, meta, _ = trained
+    test = pd.read_csv(oof_dir / "tiny" / "test.csv")
+    info = pd.read_csv(Path(tiny_data) / "eval" / "info.csv")
+    assert list(test["ImageID"]) == list(info["ImageID"])
+    np.testing.assert_allclose(test[PROB_COLS].to_numpy().sum(1), 1, atol=1e-5)
+    per_fold = [pd.read_csv(oof_dir / "tiny" / f"fold{f}" / "test.csv")[PROB_COLS].to_numpy() for f in range(3)]
+    np.testing.assert_allclose(test[PROB_COLS].to_numpy(), np.mean(per_fold, axis=0), atol=1e-6)
+
+
+def test_run_records_resolved_config_folds_fingerprint_and_versions(trained):
+    oof_dir, data, meta, _ = trained
+    cfg = yaml.safe_load((oof_dir / "tiny" / "config.yaml").read_text())
+    assert cfg["model"] == "test_efficientnet" and cfg["image_size"] == [32, 32]
+    assert meta["folds_fingerprint"] == data.folds_meta["folds_fingerprint"]
+    assert {"torch", "timm", "albumentations"} <= set(meta["versions"])
+    log = pd.read_csv(oof_dir / "tiny" / "fold0" / "log.csv")
+    assert list(log.columns[:5]) == ["epoch", "train_loss", "val_loss", "val_macro_f1", "val_accuracy"]
+    assert torch.load(oof_dir / "tiny" / "fold0" / "best.pt", weights_only=True)
+
+
+def test_finished_folds_are_skipped_on_rerun(trained):
+    oof_dir, data, _, _ = trained
+    before = (oof_dir / "tiny" / "fold1" / "result.json").stat().st_mtime_ns
+    cfg = tiny_config(oof_dir.parent)
+    lines = []
+    train_runs([cfg], data, oof_dir, echo=lines.append, progress=False)
+    assert (oof_dir / "tiny" / "fold1" / "result.json").stat().st_mtime_ns == before
+    assert sum("skipped" in s for s in lines) == 3
+
+
+def test_rerun_with_other_settings_is_refused(trained):
+    oof_dir, data, _, _ = trained
+    cfg = tiny_config(oof_dir.parent, extra=["epochs=2"])
+    with pytest.raises(KfError, match="epochs: 1 -> 2"):
+        train_runs([cfg], data, oof_dir, echo=lambda s: None, progress=False)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_oof_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, extra=["epochs=2", "augment.affine=0.5", "drop_rate=0.2"])
+    straight = load_data(tiny_data, tmp_path / "a", k=2, seed=0)
+    train_runs([cfg], straight, tmp_path / "a", folds=[0], echo=lambda s: None, progress=False)
+
+    interrupted = load_data(tiny_data, tmp_path / "b", k=2, seed=0)
+    real_loader = train.FoldTrainer._loader
+
+    def dying_loader(self, epoch):
+        if epoch == 1:
+            raise Interrupted
+        return real_loader(self, epoch)
+
+    monkeypatch.setattr(train.FoldTrainer, "_loader", dying_loader)
+    with pytest.raises(Interrupted):
+        train_runs([cfg], interrupted, tmp_path / "b", folds=[0], echo=lambda s: None, progress=False)
+    assert (tmp_path / "b" / "tiny" / "fold0" / "last.pt").exists()
+    assert not (tmp_path / "b" / "tiny" / "fold0" / "result.json").exists()
+    monkeypatch.setattr(train.FoldTrainer, "_loader", real_loader)
+    lines = []
+    train_runs([cfg], interrupted, tmp_path / "b", folds=[0], echo=lines.append, progress=False)
+    assert any("resuming after epoch 0" in s for s in lines)
+    a = pd.read_csv(tmp_path / "a" / "tiny" / "fold0" / "oof.csv")[PROB_COLS].to_numpy()
+    b = pd.read_csv(tmp_path / "b" / "tiny" / "fold0" / "oof.csv")[PROB_COLS].to_numpy()
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert not (tmp_path / "b" / "tiny" / "fold0" / "last.pt").exists()
+
+
+def test_unknown_config_key_is_refused_with_the_valid_keys(tmp_path):
+    p = tmp_path / "typo.yaml"
+    p.write_text("model: test_efficientnet\nepoch: 3\n")
+    with pytest.raises(KfError, match=r"typo.yaml: unknown key 'epoch'; valid keys: name, model"):
+        load_config(p)
+    with pytest.raises(KfError, match="unknown key 'lr_max'"):
+        tiny_config(tmp_path, extra=["lr_max=1"])
+
+
+def test_set_overrides_are_parsed_as_yaml(tmp_path):
+    cfg = tiny_config(tmp_path, extra=["image_size=[40,56]", "augment.hflip=0", "class_weights=balanced"])
+    assert cfg.image_size == [40, 56] and cfg.augment["hflip"] == 0.0 and cfg.class_weights == "balanced"
+    with pytest.raises(KfError, match="epochs: must be at least 1"):
+        tiny_config(tmp_path, extra=["epochs=0"])
+
+
+def test_cli_train_prints_the_oof_macro_f1_table(tiny_data, tmp_path):
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(yaml.safe_dump({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY if "." not in s)}))
+    res = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--oof", str(tmp_path / "oof"), "--k", "2",
+                                    "--config", str(cfg), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "OOF macro F1" in res.output and (tmp_path / "oof" / "cli" / "oof.csv").exists()
+    bad = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--oof", str(tmp_path / "oof"), "--k", "2",
+                                    "--config", str(cfg), "--fold", "5"])
+    assert bad.exit_code == 2 and "--fold 5: folds are 0..1" in bad.output
