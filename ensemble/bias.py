@@ -5,7 +5,7 @@ import numpy as np
 from sklearn.base import clone
 
 from .base import Ensembler, log_proba, softmax
-from .metrics import macro_f1, macro_f1_batch
+from .metrics import f1_from_confusion, macro_f1
 
 DEFAULT_GRID = tuple(np.round(np.linspace(-2.0, 2.0, 41), 10))
 
@@ -17,13 +17,16 @@ def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: in
     ``b[c]`` to the grid value with the best macro F1, the other biases held
     fixed; a value replaces the current one only if it scores strictly
     higher, so the OOF macro F1 never decreases. Stops after ``n_passes``
-    passes or a pass without improvement. All grid values of a class are
-    scored at once: with the other classes' best score ``m`` and index ``k``
-    fixed, a row predicts ``c`` iff ``logp[c] + b[c]`` beats ``m`` (ties to the
-    lower index, as ``argmax``), and one ``np.bincount`` gives every
-    candidate's confusion matrix. This is the threshold/prior-shift
+    passes or a pass without improvement. This is the threshold/prior-shift
     adjustment common for macro F1 on imbalanced classes (e.g. Lipton et al.
     2014, "Thresholding classifiers to maximize F1 score").
+
+    All grid values of a class are scored together: with the other classes'
+    best score ``m`` and class ``k`` fixed, a row predicts ``c`` iff
+    ``b[c] > m - logp[c]`` (``>=`` when ``c < k``: ties go to the lower index,
+    as ``argmax``), i.e. from some grid index on. One ``np.bincount`` over
+    (that index, true class, ``k``) and a cumulative sum give the confusion
+    matrix of every grid value.
 
     Args:
         logp: ``(n_images, 18)`` float log-probabilities (or logits).
@@ -32,12 +35,14 @@ def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: in
         n_passes: maximum passes over the classes.
 
     Returns:
-        ``(biases, macro_f1)``: ``(18,)`` float64 and the OOF macro F1 reached.
+        ``(biases, macro_f1)``: ``(18,)`` float64 and the OOF macro F1 of
+        ``argmax(logp + biases)``.
     """
     logp = np.asarray(logp, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
-    grid = np.asarray(grid, dtype=np.float64)
+    grid = np.sort(np.asarray(grid, dtype=np.float64))
     n, n_classes = logp.shape
+    g, cc = len(grid), n_classes * n_classes
     rows = np.arange(n)
     b = np.zeros(n_classes)
     S = logp.copy()  # current scores logp + b
@@ -48,15 +53,19 @@ def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: in
             keep = S[:, c].copy()
             S[:, c] = -np.inf
             k = S.argmax(axis=1)
-            m = S[rows, k]
+            t = S[rows, k] - logp[:, c]  # row predicts c iff bias > t (>= t when c < k)
             S[:, c] = keep
-            cand = logp[:, c][None, :] + grid[:, None]  # (n_grid, n_images)
-            take = (cand > m) | ((cand == m) & (c < k))
-            scores = macro_f1_batch(y, np.where(take, c, k[None, :]), n_classes)
+            first = np.where(c < k, np.searchsorted(grid, t, side="left"), np.searchsorted(grid, t, side="right"))
+            A = np.bincount(first * cc + y * n_classes + k, minlength=(g + 1) * cc).reshape(g + 1, n_classes, n_classes)
+            to_c = np.cumsum(A, axis=0)[:g]  # (g, true, k): rows that predict c at grid index j
+            cm = A.sum(axis=0) - to_c
+            cm[:, :, c] += to_c.sum(axis=2)
+            scores = f1_from_confusion(cm).mean(axis=1)
             j = int(np.argmax(scores))
             if scores[j] > best + 1e-12:
-                best, b[c] = float(scores[j]), grid[j]
+                b[c] = grid[j]
                 S[:, c] = logp[:, c] + b[c]
+                best = macro_f1(y, S.argmax(axis=1), n_classes)
                 improved = True
         if not improved:
             break

@@ -25,8 +25,10 @@ def ensemble_cmd(data, oof, method, bias, runs, name):
 
     Every method is scored twice: in-sample on all OOF rows, and nested (per
     fold, fitted on the other folds only), the honest estimate to compare
-    with a single run. Writes OOF/ensemble/<name>.json, <name>/oof.csv,
-    <name>/test.csv (a run's format) and <name>_scores.csv.
+    with a single run. Writes <oof>/ensemble/<name>.json, <name>/oof.csv,
+    <name>/test.csv (a run's format) and <name>_scores.csv; <name> is the
+    method or --name, plus "+bias". --data is only read to check test.csv
+    ImageIDs against eval/info.csv.
 
     \b
     Examples:
@@ -49,9 +51,10 @@ def ensemble_cmd(data, oof, method, bias, runs, name):
     click.echo(format_table(report.table))
     click.echo("oof_macro_f1: in-sample on all OOF rows; nested_macro_f1: mean over folds of a fit "
                "without that fold, scored on it (for a run: its per-fold OOF macro F1)")
-    for p in report.written:
-        if p.name.endswith(".json") and p.parent.name == "ensemble" or p.name.endswith("_scores.csv"):
-            click.echo(f"wrote {p}")
+    ens = Path(oof) / "ensemble"
+    for f in report.fitted:
+        click.echo(f"wrote {ens / f.name}.json and {ens / f.name}/{{oof.csv,test.csv,run.json}}")
+    click.echo(f"wrote {report.written[-1]}")
 
 
 @click.command("predict")

@@ -83,7 +83,10 @@ def parse_folds(value: str) -> list[int] | None:
               help="Override a config value, parsed as YAML (repeatable): --set epochs=1 --set image_size=[96,96].")
 @click.option("--force", is_flag=True, help="Retrain finished folds (deletes the run folder first).")
 @click.option("--progress/--no-progress", default=None, help="Per-epoch progress bar (default: when on a terminal).")
-def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, overrides, force, progress):
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: folds one after another here; ray: each (run, fold) a Ray task (pip install -e '.[ray]').")
+@click.option("--address", default=None, help="Ray cluster address (auto or host:port); default: start a local Ray.")
+def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, overrides, force, progress, executor, address):
     """Train each config's backbone on each fold; write OOF and test probabilities.
 
     Finished folds are skipped on rerun; an interrupted fold resumes from its
@@ -104,7 +107,8 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, ov
         raise click.UsageError(f"two configs share a run name: {names}; give each a distinct name")
     folds = parse_folds(fold)
     bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed)
-    metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress)
+    metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress,
+                       executor=executor, address=address)
     done = [m for m in metas if m["finished"]]
     if done:
         click.echo("run                  OOF macro F1  accuracy  minutes")

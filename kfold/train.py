@@ -353,20 +353,58 @@ def assemble_run(cfg: TrainConfig, run_dir: Path, data: DataBundle) -> dict:
     return meta
 
 
+def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle, oof_dir: str | Path,
+             echo: Callable[[str], None] = print, progress: bool | None = None) -> dict:
+    """Train one (run, fold) unless it is finished; the unit of work of every executor.
+
+    Idempotent: a finished fold (``fold<k>/result.json``) is returned as is; an
+    interrupted one resumes from ``last.pt``. The image caches are built on
+    first use and reused (memory-mapped) afterwards.
+
+    Returns:
+        The fold's ``result.json`` content plus ``skipped`` (bool).
+    """
+    from .cache import build_cache
+
+    run_dir, oof_dir = Path(run_dir), Path(oof_dir)
+    device = resolve_device(cfg)
+    threads, workers = resolve_workers(cfg, device)
+    torch.set_num_threads(threads)
+    done = run_dir / f"fold{fold}" / "result.json"
+    if done.exists():
+        r = read_json(done)
+        echo(f"  {cfg.name} fold {fold}: finished earlier (macro F1 {r['macro_f1']:.4f}), skipped")
+        return {**r, "skipped": True}
+    size = tuple(cfg.image_size)
+    t0 = time.time()
+    train_cache = build_cache([data.root / p for p in data.folds["image"]], size, oof_dir / "cache")
+    test_cache = build_cache([data.root / p for p in data.test["image"]], size, oof_dir / "cache")
+    echo(f"{cfg.name} fold {fold}: {cfg.model} ({cfg.pretrained}) {size[0]}x{size[1]} on {device}, {threads} threads, "
+         f"{workers} workers; image cache ready in {time.time() - t0:.1f} s")
+    r = FoldTrainer(cfg, fold, run_dir, data, train_cache, test_cache, device, workers, echo, progress).run()
+    echo(f"{cfg.name} fold {fold}: OOF macro F1 {r['macro_f1']:.4f} with TTA {cfg.tta} "
+         f"(best epoch {r['best_epoch']}, {r['seconds']:.0f} s)")
+    return {**r, "skipped": False}
+
+
 def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, folds: list[int] | None = None,
-               force: bool = False, echo: Callable[[str], None] = print, progress: bool | None = None) -> list[dict]:
+               force: bool = False, echo: Callable[[str], None] = print, progress: bool | None = None,
+               executor: str = "local", address: str | None = None) -> list[dict]:
     """Train every config on the requested folds (all when None); skip finished folds unless ``force``.
 
-    Images are decoded once per image size into the cache ``<oof>/cache/``.
+    Args:
+        executor: ``local`` (one fold after another in this process) or
+            ``ray`` (each (run, fold) a Ray task; see :mod:`kfold.executors`).
+        address: Ray cluster address (``ray start --head`` prints it); None
+            starts a local Ray instance.
 
     Returns:
         One run.json dict per config.
 
     Raises:
-        KfError: bad fold numbers, run folders with other settings, unreadable images.
+        KfError: bad fold numbers, run folders with other settings, unreadable
+            images, Ray not installed.
     """
-    from .cache import build_cache
-
     oof_dir = Path(oof_dir)
     k = data.folds_meta["k"]
     folds = list(range(k)) if folds is None else folds
@@ -374,26 +412,18 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
     if bad:
         raise KfError(f"--fold {bad[0]}: folds are 0..{k - 1}")
     run_dirs = [prepare_run(c, data, oof_dir, force) for c in cfgs]
+    jobs = [(cfg, f, run_dir) for cfg, run_dir in zip(cfgs, run_dirs) for f in folds]
+    if executor == "ray":
+        from .executors import run_on_ray
+
+        run_on_ray(jobs, data, oof_dir, echo=echo, address=address)
+    elif executor == "local":
+        for cfg, f, run_dir in jobs:
+            run_fold(cfg, f, run_dir, data, oof_dir, echo, progress)
+    else:
+        raise KfError(f"--executor {executor!r}: choose local or ray")
     results = []
     for cfg, run_dir in zip(cfgs, run_dirs):
-        device = resolve_device(cfg)
-        threads, workers = resolve_workers(cfg, device)
-        torch.set_num_threads(threads)
-        size = tuple(cfg.image_size)
-        t0 = time.time()
-        train_cache = build_cache([data.root / p for p in data.folds["image"]], size, oof_dir / "cache")
-        test_cache = build_cache([data.root / p for p in data.test["image"]], size, oof_dir / "cache")
-        echo(f"{cfg.name}: {cfg.model} ({cfg.pretrained}) {size[0]}x{size[1]} on {device}, {threads} threads, "
-             f"{workers} workers; cache ready in {time.time() - t0:.1f} s")
-        for f in folds:
-            trainer = FoldTrainer(cfg, f, run_dir, data, train_cache, test_cache, device, workers, echo, progress)
-            if trainer.finished():
-                r = read_json(trainer.dir / "result.json")
-                echo(f"  {cfg.name} fold {f}: finished earlier (macro F1 {r['macro_f1']:.4f}), skipped")
-                continue
-            r = trainer.run()
-            echo(f"{cfg.name} fold {f}: OOF macro F1 {r['macro_f1']:.4f} with TTA {cfg.tta} "
-                 f"(best epoch {r['best_epoch']}, {r['seconds']:.0f} s)")
         meta = assemble_run(cfg, run_dir, data)
         if meta["finished"]:
             echo(f"{cfg.name}: OOF macro F1 {meta['oof_macro_f1']:.4f}, accuracy {meta['oof_accuracy']:.4f} over {k} folds "

@@ -137,6 +137,13 @@ def test_a_non_empty_folder_is_refused_and_left_alone(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
+def test_a_file_in_place_of_the_folder_is_refused(tmp_path):
+    (tmp_path / "f").write_text("mine")
+    with pytest.raises(KfError, match="is a file"):
+        make_data(tmp_path / "f", people=2, eval_people=1, size=(16, 16))
+    assert (tmp_path / "f").read_text() == "mine"
+
+
 def test_an_existing_empty_folder_is_accepted(tmp_path):
     make_data(tmp_path, people=2, eval_people=1, size=(16, 16))
     assert (tmp_path / "train" / "train.csv").is_file()

@@ -1,0 +1,464 @@
+"""Exploratory tables and plots of a competition folder (``kf eda``).
+
+Everything is computed from what :func:`kfold.data.read_train` and
+:func:`kfold.data.read_eval` return (so labels are the ones training sees,
+after ``--age-cuts`` and ``--corrections``) plus one walk of the image
+folders for what the reader skips (junk) and one ``PIL.Image.open(...).size``
+per image (the header only; pixels are not decoded).
+
+Written to ``--out`` (see ``docs/reports.md``): one CSV per table, two PNGs
+(``class_distribution.png``, ``age_histogram.png``) and ``index.html``, a
+self-contained page with the plots embedded.
+
+The figure and HTML helpers at the bottom (:func:`save_png`,
+:func:`html_page`) are shared with :mod:`kfold.report`.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import labels as L
+from .io import KfError, atomic_write, write_csv
+
+#: kind of each junk entry, by name
+JUNK_KINDS = (("._", "macOS resource fork (._*)"), (".ipynb_checkpoints", "Jupyter checkpoint folder"),
+              (".DS_Store", "macOS .DS_Store"))
+#: table name -> CSV file, in the order they are printed and shown
+TABLE_FILES = {
+    "overview": "overview.csv", "classes": "classes.csv", "gender": "gender.csv", "age_bands": "age_bands.csv",
+    "mask": "mask.csv", "race": "race.csv", "gender_age": "gender_age.csv", "age_histogram": "age_histogram.csv",
+    "extensions": "extensions.csv", "image_sizes": "image_sizes.csv", "junk": "junk.csv",
+    "corrections": "corrections.csv",
+}
+MASK_COLOURS = ("#4c72b0", "#dd8452", "#c44e52")  # wear, incorrect, not wear
+
+
+# --------------------------------------------------------------------------- names
+
+def band_names(cuts: Sequence[float] = L.DEFAULT_AGE_CUTS) -> tuple[str, str, str]:
+    """Readable age-band names for ``cuts = (a, b)``: ``('<30', '30-59', '>=60')`` for (30, 60).
+
+    Raises:
+        ValueError: cuts are not two increasing numbers.
+    """
+    a, b = (float(c) for c in cuts)
+    if not a < b:
+        raise ValueError(f"age cuts must be two increasing numbers, got {tuple(cuts)}")
+    mid = f"{a:g}-{b - 1:g}" if a.is_integer() and b.is_integer() else f"{a:g}-<{b:g}"
+    return f"<{a:g}", mid, f">={b:g}"
+
+
+def class_labels(cuts: Sequence[float] = L.DEFAULT_AGE_CUTS) -> list[str]:
+    """The 18 class names with the age bands of ``cuts``, e.g. ``'wear/female/30-57'`` for class 4 at (30, 58).
+
+    Equals :func:`kfold.labels.class_names` for the default cuts.
+    """
+    ages = band_names(cuts)
+    return [f"{L.MASK_NAMES[c // 6]}/{L.GENDER_NAMES[(c // 3) % 2]}/{ages[c % 3]}" for c in range(L.N_CLASSES)]
+
+
+# --------------------------------------------------------------------------- tables
+
+@dataclass
+class EdaResult:
+    """The tables of :func:`eda_tables`.
+
+    Attributes:
+        tables: table name (keys of :data:`TABLE_FILES`) -> DataFrame.
+        people: one row per person: ``person, id, gender (0/1), age, age_band, race``.
+        images: :func:`kfold.data.read_train`'s table (one row per train image).
+        age_cuts: the ``(a, b)`` cuts used.
+        notes: one-line remarks for the summary (reader warnings, skipped eval).
+    """
+
+    tables: dict[str, pd.DataFrame]
+    people: pd.DataFrame
+    images: pd.DataFrame
+    age_cuts: tuple[float, float]
+    notes: list[str] = field(default_factory=list)
+
+
+def _counts(images: pd.DataFrame, people: pd.DataFrame, col: str, values: Iterable, names: Sequence[str],
+            header: str) -> pd.DataFrame:
+    """People and images per value of ``col`` (every value listed, zeros included)."""
+    rows = []
+    n_people, n_images = len(people), len(images)
+    for v, name in zip(values, names):
+        p = int((people[col] == v).sum()) if col in people else int(images.loc[images[col] == v, "person"].nunique())
+        i = int((images[col] == v).sum())
+        rows.append({header: name, "people": p, "people_pct": round(100 * p / n_people, 2),
+                     "images": i, "images_pct": round(100 * i / n_images, 2)})
+    return pd.DataFrame(rows)
+
+
+def find_junk(root: str | Path) -> pd.DataFrame:
+    """Hidden entries (names starting with ``.``) under ``train/images`` and ``eval/images``.
+
+    Looks one level into ``train/images`` (person folders) and at the top of
+    both image folders; a hidden folder counts once (its content is not listed).
+
+    Returns:
+        DataFrame ``path`` (relative to ``root``), ``kind``, ``is_dir``, sorted by path.
+    """
+    root = Path(root)
+    rows = []
+
+    def visit(folder: Path, depth: int) -> None:
+        if not folder.is_dir():
+            return
+        for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+            if entry.name.startswith("."):
+                kind = next((k for prefix, k in JUNK_KINDS if entry.name.startswith(prefix)), "other hidden entry")
+                rows.append({"path": entry.relative_to(root).as_posix(), "kind": kind, "is_dir": entry.is_dir()})
+            elif depth > 0 and entry.is_dir():
+                visit(entry, depth - 1)
+
+    visit(root / "train" / "images", 1)
+    visit(root / "eval" / "images", 0)
+    return pd.DataFrame(rows, columns=["path", "kind", "is_dir"])
+
+
+def image_files(root: str | Path, images: pd.DataFrame, eval_images: pd.DataFrame | None) -> pd.DataFrame:
+    """Extension, size and mode of every train and eval image, read from the file header.
+
+    Args:
+        root: the competition folder.
+        images: ``read_train`` table (column ``image``, relative to ``root``).
+        eval_images: ``read_eval`` table, or None to skip eval.
+
+    Returns:
+        DataFrame ``split`` (train/eval), ``image``, ``extension`` (as on disk,
+        e.g. ``.JPG``), ``width``, ``height`` (pixels, -1 when unreadable),
+        ``mode`` (PIL mode, e.g. RGB, RGBA, L; ``unreadable`` when PIL cannot
+        identify the file).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    rows = []
+    parts = [("train", images["image"])] + ([("eval", eval_images["image"])] if eval_images is not None else [])
+    for split, paths in parts:
+        for rel in paths:
+            try:
+                with Image.open(root / rel) as im:
+                    (w, h), mode = im.size, im.mode
+            except (UnidentifiedImageError, OSError):
+                w, h, mode = -1, -1, "unreadable"
+            rows.append((split, rel, Path(rel).suffix, w, h, mode))
+    return pd.DataFrame(rows, columns=["split", "image", "extension", "width", "height", "mode"])
+
+
+def correction_rows(root: str | Path, corrections: str | Path | None, age_cuts: Sequence[float]) -> pd.DataFrame:
+    """What each row of the corrections file changes: ``path, field, old, new, changed``.
+
+    ``old`` is train.csv's value (for ``mask-swap``: the two stems' mask
+    states), ``new`` the corrected one; for ``age`` the band is shown too,
+    e.g. ``59 (30-59)`` -> ``61 (>=60)``.
+
+    Raises:
+        KfError: see :func:`kfold.data.read_corrections`.
+    """
+    from .data import read_corrections, read_people
+
+    cols = ["path", "field", "old", "new", "changed"]
+    if corrections is None:
+        return pd.DataFrame(columns=cols)
+    people = read_people(root).set_index("path")
+    corr = read_corrections(corrections, people.reset_index())
+    names = band_names(age_cuts)
+    rows = []
+    for r in corr.itertuples():
+        if r.field == "gender":
+            old, new = people.at[r.path, "gender"], r.value.lower()
+        elif r.field == "age":
+            a, b = people.at[r.path, "age"], float(r.value)
+            old = f"{a:g} ({names[int(L.age_band(a, age_cuts))]})"
+            new = f"{b:g} ({names[int(L.age_band(b, age_cuts))]})"
+        else:
+            s1, s2 = (r.value or "incorrect_mask:normal").split(":")
+            m1, m2 = L.MASK_NAMES[L.MASK_OF_STEM[s1]], L.MASK_NAMES[L.MASK_OF_STEM[s2]]
+            old, new = f"{s1}={m1}, {s2}={m2}", f"{s1}={m2}, {s2}={m1}"
+        rows.append((r.path, r.field, str(old), str(new), old != new))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def eda_tables(root: str | Path, age_cuts: Sequence[float] = L.DEFAULT_AGE_CUTS,
+               corrections: str | Path | None = None) -> EdaResult:
+    """Count people and images by class, task, race, age, file type and size; list junk and corrections.
+
+    Args:
+        root: competition folder holding ``train/`` (and usually ``eval/``; it is skipped when
+            ``eval/info.csv`` is absent).
+        age_cuts: ``(a, b)`` age band cut-offs in years.
+        corrections: optional label-corrections CSV, applied as in training.
+
+    Returns:
+        An :class:`EdaResult`. Tables (people are counted once, images 7 per person):
+
+        * ``overview``: ``item, value`` (people, images, eval images, junk, corrections, warnings);
+        * ``classes``: ``class, name, mask, gender, age_band, people, images, images_pct`` (18 rows);
+        * ``gender`` / ``age_bands`` / ``mask`` / ``race``: ``<value>, people, people_pct, images, images_pct``;
+        * ``gender_age``: people per gender (rows) x age band (columns) with totals;
+        * ``age_histogram``: ``age, age_band, people`` per whole year from the youngest to the oldest;
+        * ``extensions``: ``split, extension, files`` (extension as on disk);
+        * ``image_sizes``: ``split, width, height, mode, files``;
+        * ``junk``: ``path, kind, is_dir`` (see :func:`find_junk`);
+        * ``corrections``: ``path, field, old, new, changed`` (see :func:`correction_rows`).
+
+    Raises:
+        KfError: the folder is missing or unreadable (see :func:`kfold.data.read_train`,
+            :func:`kfold.data.read_eval`, :func:`kfold.data.read_corrections`).
+    """
+    from .data import read_eval, read_people, read_train
+
+    root = Path(root)
+    age_cuts = (float(age_cuts[0]), float(age_cuts[1]))
+    images, report = read_train(root, age_cuts, corrections)
+    race = read_people(root).set_index("path")["race"]
+    people = images.groupby("person", sort=False).first().reset_index()[["person", "id", "gender", "age", "age_band"]]
+    people["race"] = people["person"].map(race)
+    images = images.assign(race=images["person"].map(race))
+    notes = list(report.warnings)
+    eval_images = None
+    if (root / "eval" / "info.csv").is_file():
+        eval_images = read_eval(root)
+    else:
+        notes.append(f"{root / 'eval' / 'info.csv'} not found: eval images not counted")
+
+    ages = band_names(age_cuts)
+    names = class_labels(age_cuts)
+    t: dict[str, pd.DataFrame] = {}
+    junk = find_junk(root)
+    corr = correction_rows(root, corrections, age_cuts)
+    t["overview"] = pd.DataFrame({"item": [
+        "people", "train images", "eval images", "junk entries", "junk skipped by the reader",
+        "label corrections applied", "reader warnings", "age cuts"], "value": [
+        len(people), len(images), -1 if eval_images is None else len(eval_images), len(junk), report.junk_skipped,
+        report.corrections_applied, len(report.warnings), f"{age_cuts[0]:g},{age_cuts[1]:g}"]})
+    lab = images["label"].to_numpy()
+    cls = pd.DataFrame({"class": np.arange(L.N_CLASSES), "name": names})
+    m, g, a = L.decode(cls["class"].to_numpy())
+    cls["mask"], cls["gender"], cls["age_band"] = [L.MASK_NAMES[i] for i in m], [L.GENDER_NAMES[i] for i in g], [ages[i] for i in a]
+    cls["people"] = [images.loc[lab == c, "person"].nunique() for c in range(L.N_CLASSES)]
+    cls["images"] = np.bincount(lab, minlength=L.N_CLASSES)
+    cls["images_pct"] = (100 * cls["images"] / len(images)).round(2)
+    t["classes"] = cls
+    t["gender"] = _counts(images, people, "gender", range(2), L.GENDER_NAMES, "gender")
+    t["age_bands"] = _counts(images, people, "age_band", range(3), ages, "age_band")
+    # mask is per image: "people" counts the people with at least one image in that state
+    t["mask"] = _counts(images, people, "mask", range(3), L.MASK_NAMES, "mask")
+    races = sorted(people["race"].unique())
+    t["race"] = _counts(images, people, "race", races, races, "race")
+    ga = pd.crosstab(people["gender"].map(dict(enumerate(L.GENDER_NAMES))),
+                     people["age_band"].map(dict(enumerate(ages)))).reindex(index=list(L.GENDER_NAMES), columns=list(ages), fill_value=0)
+    ga["all"] = ga.sum(axis=1)
+    ga.loc["all"] = ga.sum(axis=0)
+    t["gender_age"] = ga.rename_axis(index="gender", columns=None).reset_index()
+    years = np.floor(people["age"].to_numpy()).astype(int)
+    span = np.arange(years.min(), years.max() + 1)
+    hist = pd.DataFrame({"age": span, "age_band": [ages[int(b)] for b in L.age_band(span, age_cuts)],
+                         "people": np.bincount(years - years.min(), minlength=len(span))})
+    t["age_histogram"] = hist
+    files = image_files(root, images, eval_images)
+    t["extensions"] = (files.groupby(["split", "extension"], sort=True).size().rename("files").reset_index()
+                       .sort_values(["split", "files"], ascending=[False, False], kind="stable").reset_index(drop=True))
+    t["image_sizes"] = (files.groupby(["split", "width", "height", "mode"], sort=True).size().rename("files").reset_index()
+                        .sort_values(["split", "files"], ascending=[False, False], kind="stable").reset_index(drop=True))
+    t["junk"] = junk
+    t["corrections"] = corr
+    unreadable = int((files["mode"] == "unreadable").sum())
+    if unreadable:
+        notes.append(f"{unreadable} image(s) PIL cannot read (mode 'unreadable' in image_sizes.csv)")
+    return EdaResult(tables=t, people=people, images=images, age_cuts=age_cuts, notes=notes)
+
+
+# --------------------------------------------------------------------------- plots
+
+def save_png(fig, path: str | Path | None = None, dpi: int = 110) -> bytes:
+    """Render a matplotlib ``Figure`` to PNG bytes and, when ``path`` is given, write them atomically.
+
+    Uses ``Figure.savefig`` (Agg), never pyplot, so no display or global state is involved.
+
+    Returns:
+        The PNG bytes.
+
+    Raises:
+        KfError: ``path``'s folder is missing (see :func:`kfold.io.atomic_write`).
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
+    data = buf.getvalue()
+    if path is not None:
+        with atomic_write(path, "wb") as fh:
+            fh.write(data)
+    return data
+
+
+def plot_class_distribution(classes: pd.DataFrame):
+    """Horizontal bars: images per class (18 rows, class names on the axis), coloured by mask state.
+
+    Args:
+        classes: the ``classes`` table of :func:`eda_tables`.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=(8, 6.5))
+    ax = fig.subplots()
+    y = np.arange(len(classes))[::-1]
+    mask_code = [c // 6 for c in classes["class"]]
+    bars = ax.barh(y, classes["images"], color=[MASK_COLOURS[m] for m in mask_code])
+    ax.set_yticks(y, [f"{c:2d} {n}" for c, n in zip(classes["class"], classes["name"])], fontsize=8, family="monospace")
+    for b, n, pct in zip(bars, classes["images"], classes["images_pct"]):
+        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {n} ({pct:.1f}%)", va="center", fontsize=7)
+    ax.set_xlabel("train images")
+    ax.set_xlim(0, max(1, classes["images"].max()) * 1.2)
+    ax.set_title(f"Images per class ({int(classes['images'].sum())} images)")
+    ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(MASK_COLOURS, L.MASK_NAMES)], title="mask", loc="lower right", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def plot_age_histogram(people: pd.DataFrame, age_cuts: Sequence[float]):
+    """People per year of age, with the band cut-offs as labelled vertical lines and the band sizes.
+
+    Args:
+        people: :attr:`EdaResult.people` (columns ``age``, ``gender``).
+        age_cuts: ``(a, b)``.
+
+    Returns:
+        A matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
+    age = people["age"].to_numpy(float)
+    lo, hi = int(np.floor(age.min())), int(np.floor(age.max())) + 1
+    bins = np.arange(lo, hi + 1)
+    by_gender = [age[people["gender"].to_numpy() == g] for g in range(2)]
+    ax.hist(by_gender, bins=bins, stacked=True, label=list(L.GENDER_NAMES), color=["#4c72b0", "#dd8452"], edgecolor="white", linewidth=0.3)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("age (years, one bar per year)")
+    ax.set_ylabel("people")
+    names = band_names(age_cuts)
+    band = L.age_band(age, age_cuts)
+    ymax = ax.get_ylim()[1]
+    ax.set_ylim(0, ymax * 1.18)
+    for cut in age_cuts:
+        ax.axvline(cut, color="black", linestyle="--", linewidth=1.2)
+        ax.text(cut, ymax * 1.12, f" cut {cut:g}", ha="left", va="top", fontsize=9)
+    edges = [lo, *age_cuts, hi]
+    for i in range(3):
+        mid = (max(edges[i], lo) + min(edges[i + 1], hi)) / 2
+        n = int((band == i).sum())
+        ax.text(mid, ymax * 1.02, f"{names[i]}: {n} ({100 * n / len(age):.0f}%)", ha="center", va="bottom", fontsize=9,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
+    ax.set_title(f"Age of the {len(age)} people, age bands {', '.join(names)}")
+    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.86), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+# --------------------------------------------------------------------------- HTML
+
+def png_tag(png: bytes, alt: str) -> str:
+    """An ``<img>`` with the PNG embedded as base64."""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def table_html(df: pd.DataFrame, float_digits: int = 4) -> str:
+    """A DataFrame as an HTML table (no index, floats rounded)."""
+    return df.to_html(index=False, border=0, classes="t", float_format=lambda v: f"{v:.{float_digits}f}", na_rep="")
+
+
+CSS = ("body{font-family:sans-serif;margin:1.5em;max-width:1400px}h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}"
+       "table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}table.t th,table.t td{padding:2px 8px;border-bottom:1px solid #eee;"
+       "text-align:right}table.t th{background:#f4f4f4}img{max-width:100%;margin:.5em 0;display:block}pre{background:#f8f8f8;padding:.5em}")
+
+
+def html_page(title: str, body: Iterable[str]) -> str:
+    """A self-contained HTML page (inline CSS, images as data URIs) from HTML fragments."""
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+# --------------------------------------------------------------------------- write
+
+def format_summary(result: EdaResult) -> str:
+    """The short terminal summary: counts per class, task and race, files, junk and corrections."""
+    t = result.tables
+    ov = dict(zip(t["overview"]["item"], t["overview"]["value"]))
+    lines = [f"{ov['people']} people, {ov['train images']} train images, "
+             + (f"{ov['eval images']} eval images" if ov["eval images"] >= 0 else "no eval/")
+             + f"; age cuts {ov['age cuts']}"]
+
+    def line(name: str, key: str) -> str:
+        df = t[name]
+        return f"{name + ':':<10} " + ", ".join(f"{getattr(r, key)} {r.people} people / {r.images} images" for r in df.itertuples())
+
+    lines += [line("gender", "gender"), line("age_bands", "age_band"),
+              "mask:      " + ", ".join(f"{r.mask} {r.images} images" for r in t["mask"].itertuples()),
+              "race:      " + ", ".join(f"{r.race} {r.people}" for r in t["race"].itertuples()) + " people"]
+    cls = t["classes"]
+    lines.append("images per class: " + " ".join(f"{c}:{n}" for c, n in zip(cls["class"], cls["images"]))
+                 + f" (smallest: {cls.loc[cls.images.idxmin(), 'name']} {cls.images.min()})")
+    ext = t["extensions"]
+    lines.append("extensions: " + ", ".join(f"{r.split} {r.extension} {r.files}" for r in ext.itertuples()))
+    sz = t["image_sizes"]
+    lines.append("image sizes: " + ", ".join(f"{r.split} {r.width}x{r.height} {r.mode} {r.files}" for r in sz.head(6).itertuples())
+                 + (f", ... ({len(sz)} kinds)" if len(sz) > 6 else ""))
+    junk = t["junk"]
+    lines.append(f"junk: {len(junk)} entries" + (" (" + ", ".join(f"{k} {n}" for k, n in junk["kind"].value_counts().items()) + ")" if len(junk) else ""))
+    corr = t["corrections"]
+    lines.append(f"label corrections: {ov['label corrections applied']} applied"
+                 + (f" ({int(corr['changed'].sum())} of {len(corr)} rows change a value)" if len(corr) else ""))
+    lines += [f"note: {n}" for n in result.notes[:5]] + ([f"note: ... {len(result.notes) - 5} more"] if len(result.notes) > 5 else [])
+    return "\n".join(lines)
+
+
+def write_eda(result: EdaResult, out: str | Path) -> list[Path]:
+    """Write the tables (CSV), the two plots (PNG) and ``index.html`` into ``out`` (created if needed).
+
+    Returns:
+        The paths written.
+
+    Raises:
+        KfError: ``out`` exists and is not a folder.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise KfError(f"{out}: exists and is not a folder (--out)")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, file in TABLE_FILES.items():
+        write_csv(result.tables[name], out / file)
+        written.append(out / file)
+    pngs = {"class_distribution.png": plot_class_distribution(result.tables["classes"]),
+            "age_histogram.png": plot_age_histogram(result.people, result.age_cuts)}
+    data = {}
+    for file, fig in pngs.items():
+        data[file] = save_png(fig, out / file)
+        written.append(out / file)
+    body = [f"<pre>{html.escape(format_summary(result))}</pre>", png_tag(data["class_distribution.png"], "images per class"),
+            png_tag(data["age_histogram.png"], "age histogram")]
+    for name, file in TABLE_FILES.items():
+        df = result.tables[name]
+        body.append(f"<h2>{html.escape(name)} <small>({file})</small></h2>")
+        body.append(table_html(df.head(200)) + (f"<p>... {len(df) - 200} more rows in {file}</p>" if len(df) > 200 else ""))
+    with atomic_write(out / "index.html") as fh:
+        fh.write(html_page("kf eda", body))
+    written.append(out / "index.html")
+    return written

@@ -1,0 +1,139 @@
+"""Inference from a finished run's fold checkpoints: any folder of images, or the OOF/test sets with another TTA.
+
+Each fold model's ``best.pt`` (``torch.load(weights_only=True)``) is rebuilt
+from the run's recorded config; probabilities are averaged over fold models,
+each with batched TTA (:mod:`kfold.tta`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .cache import build_cache, load_image
+from .config import TrainConfig, validate
+from .data import IMAGE_EXTENSIONS
+from .io import KfError, read_json, write_csv, write_json
+from .train import PROB_COLS, amp_dtype, macro_f1, resolve_device, resolve_workers
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:
+    """Read ``run.json`` and rebuild the run's :class:`TrainConfig`.
+
+    Raises:
+        KfError: not a run folder, or the run has no checkpoints.
+    """
+    run_dir = Path(run_dir)
+    meta = read_json(run_dir / "run.json")
+    if meta.get("kind", "run") != "run":
+        raise KfError(f"{run_dir}: is an ensemble, not a run with checkpoints")
+    cfg = validate(TrainConfig(**meta["config"]), str(run_dir / "run.json"))
+    return meta, cfg
+
+
+def fold_models(run_dir: str | Path, cfg: TrainConfig, device: torch.device):
+    """Yield ``(fold, model)`` for every ``fold<k>/best.pt`` of a run, in eval mode on ``device``.
+
+    Raises:
+        KfError: no fold checkpoint found.
+    """
+    from .models import create_model
+
+    paths = sorted(Path(run_dir).glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]))
+    if not paths:
+        raise KfError(f"{run_dir}: no fold*/best.pt checkpoints")
+    for p in paths:
+        model = create_model(cfg.model, "none", drop_rate=cfg.drop_rate)
+        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+        yield int(p.parent.name[4:]), model.to(device).eval()
+
+
+def _predict(model, images: np.ndarray, cfg: TrainConfig, device: torch.device, tta: str, indices=None) -> np.ndarray:
+    from .models import normalisation
+    from .tta import predict_array
+
+    mean, std = normalisation(model)
+    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    return predict_array(model, images, mean, std, device, tta, cfg.eval_batch_size, amp_dtype(cfg, device), cl, indices)
+
+
+def predict_images(run_dir: str | Path, images_dir: str | Path, tta: str | None = None,
+                   batch_size: int | None = None) -> tuple[list[str], np.ndarray]:
+    """Apply a run's fold models (mean of probabilities) with TTA to every image in a folder.
+
+    Args:
+        run_dir: ``<oof>/<run>``.
+        images_dir: folder of .jpg/.jpeg/.png files (hidden files skipped), read in name order.
+        tta: ``none``/``hflip``/``flip``/``d4``; default: the run's.
+
+    Returns:
+        ``(image_ids, probs)``: file names and ``(n_images, 18)`` float32 probabilities.
+
+    Raises:
+        KfError: not a run, no images, or an unreadable image.
+    """
+    meta, cfg = load_run(run_dir)
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise KfError(f"{images_dir}: folder not found")
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not files:
+        raise KfError(f"{images_dir}: no .jpg/.jpeg/.png images")
+    if batch_size:
+        cfg.eval_batch_size = batch_size
+    device = resolve_device(cfg)
+    torch.set_num_threads(resolve_workers(cfg, device)[0])
+    arr = np.stack([load_image(p, tuple(cfg.image_size)) for p in files])
+    probs = np.mean([_predict(m, arr, cfg, device, tta or cfg.tta) for _, m in fold_models(run_dir, cfg, device)], axis=0)
+    return [p.name for p in files], probs.astype(np.float32)
+
+
+def repredict_run(run_dir: str | Path, data_root: str | Path, tta: str, out_dir: str | Path,
+                  echo: Callable[[str], None] = print) -> dict:
+    """Re-predict a finished run's OOF and test sets from its checkpoints with another TTA.
+
+    Writes a run folder ``out_dir`` (``oof.csv``, ``test.csv``, ``run.json`` with
+    the same folds fingerprint and ``tta``), which ``kf ensemble`` treats as a
+    run. Each OOF row is predicted by its own fold's model, as in training.
+
+    Returns:
+        The new ``run.json`` content.
+
+    Raises:
+        KfError: the run is unfinished or its checkpoints are missing.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    meta, cfg = load_run(run_dir)
+    if not meta.get("finished"):
+        raise KfError(f"{run_dir}: run is not finished (train all folds first)")
+    oof = pd.read_csv(run_dir / "oof.csv", dtype={"person": str})
+    test = pd.read_csv(run_dir / "test.csv", usecols=["ImageID"])
+    root = Path(data_root)
+    device = resolve_device(cfg)
+    torch.set_num_threads(resolve_workers(cfg, device)[0])
+    size = tuple(cfg.image_size)
+    cache_dir = run_dir.parent / "cache"
+    train_cache = build_cache([root / p for p in oof["image"]], size, cache_dir)
+    test_cache = build_cache([root / "eval" / "images" / i for i in test["ImageID"]], size, cache_dir)
+    oof_p = np.zeros((len(oof), 18), dtype=np.float32)
+    test_p = []
+    for f, model in fold_models(run_dir, cfg, device):
+        rows = np.flatnonzero(oof["fold"].to_numpy() == f)
+        oof_p[rows] = _predict(model, train_cache, cfg, device, tta, rows)
+        test_p.append(_predict(model, test_cache, cfg, device, tta))
+        echo(f"  {meta['name']} fold {f}: re-predicted with TTA {tta}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    new_oof = pd.concat([oof[["image", "person", "fold", "label"]], pd.DataFrame(oof_p, columns=PROB_COLS)], axis=1)
+    new_test = pd.concat([test, pd.DataFrame(np.mean(test_p, axis=0), columns=PROB_COLS)], axis=1)
+    write_csv(new_oof, out_dir / "oof.csv")
+    write_csv(new_test, out_dir / "test.csv")
+    new_meta = {**meta, "name": out_dir.name, "tta": tta, "source_run": meta["name"], "folds": {},
+                "oof_macro_f1": macro_f1(oof["label"].to_numpy(), oof_p.argmax(1)), "finished": True}
+    new_meta["config"] = {**meta["config"], "tta": tta}
+    write_json(new_meta, out_dir / "run.json")
+    return new_meta

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The main job: kf train (2 backbones, all folds) -> kf ensemble -> kf submit.
+#
+#   DATA=../shared/maskfaces make demo     # a real competition folder
+#   make demo                              # the embedded default: generated data (kf make-data)
+#
+# Variables: DATA (competition folder; default: generate data/demo), OOF (stage
+# folder; default oof/demo or oof/<data folder name>), CONFIGS (space-separated
+# YAML files), SET (extra --set overrides, e.g. "epochs=1"), OUT (submission path).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NO_ALBUMENTATIONS_UPDATE=1
+
+CONFIGS=${CONFIGS:-"configs/lite0.yaml configs/mnv3.yaml"}
+GT_ARGS=()
+if [ -z "${DATA:-}" ]; then
+  DATA=data/demo
+  OOF=${OOF:-oof/demo}
+  if [ ! -f "$DATA/train/train.csv" ]; then
+    kf make-data "$DATA" --people 150 --eval-people 40 --size 96x128 --seed 0
+  fi
+  GT_ARGS=(--ground-truth "$DATA/gt.csv")
+  # generated faces are simple: small images train fast
+  SET=${SET:-"image_size=[64,64]"}
+fi
+OOF=${OOF:-oof/$(basename "$DATA")}
+OUT=${OUT:-submission.csv}
+
+config_args=()
+for c in $CONFIGS; do config_args+=(--config "$c"); done
+set_args=()
+for s in ${SET:-}; do set_args+=(--set "$s"); done
+
+start=$(date +%s)
+echo "== kf train: $CONFIGS on $DATA (stage files in $OOF)"
+kf train --data "$DATA" --oof "$OOF" "${config_args[@]}" "${set_args[@]}" --fold all --no-progress
+echo "== kf ensemble: every method, in-sample and nested, with per-class bias tuning"
+kf ensemble --data "$DATA" --oof "$OOF" --method all --bias
+echo "== kf submit: Caruana ensemble selection + bias tuning"
+kf submit --data "$DATA" --oof "$OOF" --from "ensemble/caruana+bias" --out "$OUT" --overwrite "${GT_ARGS[@]}"
+echo "== main job done in $(( $(date +%s) - start )) s: $OUT"
