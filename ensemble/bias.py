@@ -10,6 +10,39 @@ from .metrics import f1_from_confusion, macro_f1
 DEFAULT_GRID = tuple(np.round(np.linspace(-2.0, 2.0, 41), 10))
 
 
+def class_bias_scores(S: np.ndarray, logp: np.ndarray, y: np.ndarray, c: int, grid: np.ndarray) -> np.ndarray:
+    """Macro F1 of ``argmax`` of ``S`` with column ``c`` replaced by ``logp[:, c] + v``, for every ``v`` in ``grid``.
+
+    With the other classes' best score ``m`` and class ``k`` fixed, a row
+    predicts ``c`` iff ``v > m - logp[c]`` (``>=`` when ``c < k``: ties go to
+    the lower index, as ``argmax``), i.e. from some grid index on. One
+    ``np.bincount`` over (that index, true class, ``k``) and a cumulative sum
+    give the confusion matrix of every grid value.
+
+    Args:
+        S: ``(n_images, C)`` current scores (log-probabilities plus biases).
+        logp: ``(n_images, C)`` log-probabilities without biases.
+        y: ``(n_images,)`` int labels.
+        c: the class whose bias varies.
+        grid: ``(n_grid,)`` bias values, sorted ascending.
+
+    Returns:
+        ``(n_grid,)`` float64 macro F1.
+    """
+    n, n_classes = S.shape
+    g, cc = len(grid), n_classes * n_classes
+    others = S.copy()
+    others[:, c] = -np.inf
+    k = others.argmax(axis=1)
+    t = others[np.arange(n), k] - logp[:, c]  # row predicts c iff v > t (v >= t when c < k)
+    first = np.where(c < k, np.searchsorted(grid, t, side="left"), np.searchsorted(grid, t, side="right"))
+    A = np.bincount(first * cc + y * n_classes + k, minlength=(g + 1) * cc).reshape(g + 1, n_classes, n_classes)
+    to_c = np.cumsum(A, axis=0)[:g]  # (g, true, k): rows that predict c at grid index j
+    cm = A.sum(axis=0) - to_c
+    cm[:, :, c] += to_c.sum(axis=2)
+    return f1_from_confusion(cm).mean(axis=1)
+
+
 def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: int = 3) -> tuple[np.ndarray, float]:
     """Biases ``b`` maximising the macro F1 of ``argmax(logp + b)``, by coordinate ascent on a grid.
 
@@ -21,12 +54,7 @@ def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: in
     adjustment common for macro F1 on imbalanced classes (e.g. Lipton et al.
     2014, "Thresholding classifiers to maximize F1 score").
 
-    All grid values of a class are scored together: with the other classes'
-    best score ``m`` and class ``k`` fixed, a row predicts ``c`` iff
-    ``b[c] > m - logp[c]`` (``>=`` when ``c < k``: ties go to the lower index,
-    as ``argmax``), i.e. from some grid index on. One ``np.bincount`` over
-    (that index, true class, ``k``) and a cumulative sum give the confusion
-    matrix of every grid value.
+    All grid values of a class are scored together by :func:`class_bias_scores`.
 
     Args:
         logp: ``(n_images, 18)`` float log-probabilities (or logits).
@@ -41,32 +69,23 @@ def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: in
     logp = np.asarray(logp, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     grid = np.sort(np.asarray(grid, dtype=np.float64))
-    n, n_classes = logp.shape
-    g, cc = len(grid), n_classes * n_classes
-    rows = np.arange(n)
+    n_classes = logp.shape[1]
     b = np.zeros(n_classes)
     S = logp.copy()  # current scores logp + b
     best = macro_f1(y, S.argmax(axis=1), n_classes)
     for _ in range(n_passes):
         improved = False
         for c in range(n_classes):
-            keep = S[:, c].copy()
-            S[:, c] = -np.inf
-            k = S.argmax(axis=1)
-            t = S[rows, k] - logp[:, c]  # row predicts c iff bias > t (>= t when c < k)
-            S[:, c] = keep
-            first = np.where(c < k, np.searchsorted(grid, t, side="left"), np.searchsorted(grid, t, side="right"))
-            A = np.bincount(first * cc + y * n_classes + k, minlength=(g + 1) * cc).reshape(g + 1, n_classes, n_classes)
-            to_c = np.cumsum(A, axis=0)[:g]  # (g, true, k): rows that predict c at grid index j
-            cm = A.sum(axis=0) - to_c
-            cm[:, :, c] += to_c.sum(axis=2)
-            scores = f1_from_confusion(cm).mean(axis=1)
+            scores = class_bias_scores(S, logp, y, c, grid)
             j = int(np.argmax(scores))
             if scores[j] > best + 1e-12:
-                b[c] = grid[j]
-                S[:, c] = logp[:, c] + b[c]
-                best = macro_f1(y, S.argmax(axis=1), n_classes)
-                improved = True
+                keep = S[:, c].copy()
+                S[:, c] = logp[:, c] + grid[j]
+                exact = macro_f1(y, S.argmax(axis=1), n_classes)  # == scores[j] unless rounding moved a tie
+                if exact > best:
+                    b[c], best, improved = grid[j], exact, True
+                else:
+                    S[:, c] = keep
         if not improved:
             break
     return b, best

@@ -8,6 +8,7 @@ import click
 from kfold.options import data_option, oof_option
 
 METHOD_CHOICES = ("all", "soft", "geo", "weights", "caruana", "stacking")
+TTA_CHOICES = ("none", "hflip", "flip", "d4")
 
 
 @click.command("ensemble")
@@ -61,7 +62,7 @@ def ensemble_cmd(data, oof, method, bias, runs, name):
 @click.argument("run_or_ensemble")
 @click.option("--images", required=True, type=click.Path(file_okay=False), help="Folder of images to predict.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output CSV: ImageID,prob_0..prob_17.")
-@click.option("--tta", type=click.Choice(["none", "hflip", "flip", "d4"]), default=None,
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
               help="Test-time augmentation for every run. Default: each run's own, from its run.json.")
 @click.option("--batch-size", default=64, show_default=True)
 @oof_option

@@ -25,10 +25,9 @@ from kfold.io import KfError, write_csv, write_json
 from .evaluate import fold_scores, nested_fits, score_row
 from .methods import METHODS, ensemble_name, make_method, to_state
 from .metrics import macro_f1
-from .runs import KEY_COLS, PROB_COLS, RunSet, load_runs
+from .runs import KEY_COLS, RunSet, load_runs, write_probs_csv
 
 ENSEMBLE_DIR = "ensemble"
-FLOAT_FORMAT = "%.8g"
 
 
 @dataclass
@@ -112,8 +111,6 @@ def write_outputs(fit: Fitted, runs: RunSet, oof_dir: str | Path, rows: list[dic
     ens_dir = Path(oof_dir) / ENSEMBLE_DIR
     out_dir = ens_dir / fit.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    oof = pd.concat([runs.keys[KEY_COLS].reset_index(drop=True), pd.DataFrame(fit.oof_proba, columns=PROB_COLS)], axis=1)
-    test = pd.concat([pd.DataFrame({"ImageID": runs.test_ids}), pd.DataFrame(fit.test_proba, columns=PROB_COLS)], axis=1)
     state = to_state(fit.estimator)
     own = next(r for r in rows if r["name"] == fit.name)
     tta = {n: t for n, t in zip(runs.names, runs.tta)}
@@ -128,8 +125,9 @@ def write_outputs(fit: Fitted, runs: RunSet, oof_dir: str | Path, rows: list[dic
                 "k": runs.k, "tta": tta, "oof_macro_f1": own["oof_macro_f1"],
                 "nested_macro_f1": own["nested_macro_f1"], "finished": True}
     paths = [out_dir / "oof.csv", out_dir / "test.csv", ens_dir / f"{fit.name}.json", out_dir / "run.json"]
-    write_csv(oof, paths[0], float_format=FLOAT_FORMAT)
-    write_csv(test, paths[1], float_format=FLOAT_FORMAT)
+    paths[3].unlink(missing_ok=True)  # while rewriting, the folder is not a finished run
+    write_probs_csv(paths[0], runs.keys[KEY_COLS].reset_index(drop=True), fit.oof_proba)
+    write_probs_csv(paths[1], pd.DataFrame({"ImageID": runs.test_ids}), fit.test_proba)
     write_json(doc, paths[2])
     write_json(run_json, paths[3])
     return paths

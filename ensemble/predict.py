@@ -12,13 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfold.io import KfError, read_json, write_csv
+from kfold.io import KfError, read_json
 
 from .methods import from_state
-from .runs import PROB_COLS
-
-TTA_CHOICES = ("none", "hflip", "flip", "d4")
-
+from .runs import write_probs_csv
 
 def ensemble_json_path(run_dir: Path) -> Path:
     """``oof/ensemble/<name>.json`` of the ensemble folder ``oof/ensemble/<name>``."""
@@ -72,5 +69,4 @@ def _member_tta(doc: dict, member: str) -> str | None:
 
 def write_predictions(ids: list[str], probs: np.ndarray, out: str | Path) -> None:
     """Write ``ImageID, prob_0..prob_17`` (a run's test.csv format) atomically to ``out``."""
-    df = pd.concat([pd.DataFrame({"ImageID": list(ids)}), pd.DataFrame(np.asarray(probs), columns=PROB_COLS)], axis=1)
-    write_csv(df, out, float_format="%.8g")
+    write_probs_csv(out, pd.DataFrame({"ImageID": list(ids)}), probs)

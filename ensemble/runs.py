@@ -14,6 +14,7 @@ same files, so it can be loaded as a member too (``--runs ensemble/caruana``).
 """
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kfold.folds import FOLDS_CSV, FOLDS_JSON, folds_fingerprint, load_folds
-from kfold.io import KfError, read_csv, read_json
+from kfold.io import KfError, atomic_write, read_csv, read_json
 from kfold.labels import N_CLASSES
 
 log = logging.getLogger(__name__)
@@ -270,3 +271,27 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
     return RunSet(names=list(runs), dirs=dirs, keys=keys, oof=np.stack(oofs), test_ids=np.asarray(ref_ids),
                   test=np.stack(tests), tta=ttas, folds_fingerprint=fp,
                   k=int(meta.get("k") or keys["fold"].nunique()), skipped=skipped)
+
+
+def write_probs_csv(path: str | Path, head: pd.DataFrame, probs: np.ndarray, float_format: str = "%.8g") -> None:
+    """Write ``head`` columns then ``prob_0..prob_17`` as CSV, atomically (a run's oof.csv / test.csv format).
+
+    ~3x faster than ``DataFrame.to_csv(float_format=...)``: the probabilities
+    are formatted by ``np.savetxt``, the few key columns by pandas.
+
+    Args:
+        path: destination file (its folder must exist).
+        head: ``(n, h)`` key columns (``image, person, fold, label`` or ``ImageID``).
+        probs: ``(n, 18)`` float probabilities.
+
+    Raises:
+        KfError: the destination cannot be written (see :func:`kfold.io.atomic_write`).
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    keys = head.to_csv(index=False, header=False, lineterminator="\n").splitlines()
+    buf = io.StringIO()
+    np.savetxt(buf, probs, fmt=float_format, delimiter=",")
+    vals = buf.getvalue().splitlines()
+    with atomic_write(path) as fh:
+        fh.write(",".join(list(head.columns) + PROB_COLS) + "\n")
+        fh.writelines(f"{k},{v}\n" for k, v in zip(keys, vals))

@@ -47,4 +47,4 @@ class GeometricMean(Ensembler):
     def predict_proba(self, P: np.ndarray) -> np.ndarray:
         """``(n_images, 18)`` float64 renormalised geometric mean of ``(n_runs, n_images, 18)`` ``P``."""
         P = check_P(P, len(self.weights_))
-        return softmax(np.tensordot(self.weights_, log_proba(P), axes=1))
+        return softmax(np.einsum("r,rnc->nc", self.weights_, log_proba(P)))

@@ -73,3 +73,7 @@ def main() -> None:
     """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,31 @@ from typing import Any, Iterator
 import pandas as pd
 
 
+def crash_point(name: str) -> None:
+    """Fault injection for the kill tests: SIGKILL this process at the point ``name``.
+
+    Set ``KF_CRASH_AT=<name>`` (optionally ``<name>#<n>`` for the n-th time the
+    point is reached, counting from 1) to kill the process there, as a power
+    cut or an OOM kill would. Does nothing when the variable is unset.
+    """
+    want = os.environ.get("KF_CRASH_AT")
+    if not want:
+        return
+    point, _, nth = want.partition("#")
+    if point != name:
+        return
+    _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
+    if _CRASH_COUNTS[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_CRASH_COUNTS: dict[str, int] = {}
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class KfError(Exception):
     """A user-facing error: the CLI prints ``error: <message>`` on one line and exits 2.
 
@@ -43,10 +68,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, overwrite: bool = 
     path = Path(path)
     check_writable(path, overwrite=overwrite)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
             yield fh
             fh.flush()
+            crash_point(f"write:{path.name}")  # the bytes are in the temporary file, not yet renamed
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -19,8 +19,8 @@ the OOF predictions (``argmax`` of the 18 probabilities):
 * the OOF images misclassified with the highest confidence (probability of
   the predicted class), drawn as a contact sheet: how label noise is found;
 * per person, the evidence against its labels (``suspects.csv``): the mean
-  probability of the other gender over its 7 images, the predicted age band,
-  and whether ``normal`` and ``incorrect_mask`` look swapped.
+  probability of the other gender over its 7 images, how much ``normal`` and
+  ``incorrect_mask`` look swapped, and the predicted age band.
 
 Files written are listed in ``docs/reports.md``.
 """
@@ -30,7 +30,7 @@ import html
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -248,7 +248,7 @@ class RunReport:
                 "worst_class": self.per_class.sort_values("f1", kind="stable").iloc[0]["name"]}
 
 
-def _age_cuts(run_dir: Path, rj: dict, oof_dir: Path) -> tuple[float, float]:
+def _age_cuts(rj: dict, oof_dir: Path) -> tuple[float, float]:
     cuts = (rj.get("data") or {}).get("age_cuts")
     if not cuts and rj.get("members"):
         member = oof_dir / rj["members"][0]
@@ -260,39 +260,48 @@ def _age_cuts(run_dir: Path, rj: dict, oof_dir: Path) -> tuple[float, float]:
 def suspects_table(keys: pd.DataFrame, probs: np.ndarray, age_cuts: Sequence[float]) -> pd.DataFrame:
     """Per person, how strongly the OOF predictions disagree with the labels; most suspect first.
 
-    Columns: ``person, fold, images, gender`` (label), ``p_other_gender`` (mean
-    marginal probability of the other gender over the person's images),
-    ``age_band`` (label), ``pred_age_band`` (argmax of the mean marginal age
-    probabilities), ``p_age_band`` (mean probability of the labelled band),
-    ``mask_swap`` (True when ``normal`` is predicted ``incorrect`` and
-    ``incorrect_mask`` predicted ``not wear``), ``score`` = max(``p_other_gender``,
-    1 - ``p_age_band``, 1 if ``mask_swap``), sorted by ``score`` descending.
+    The two kinds of label noise known in the competition data are scored:
+    a wrong gender in train.csv and swapped ``normal``/``incorrect_mask``
+    files. Age disagreements are listed but not scored (age is ordinal, and
+    people near a cut are expected errors); sort by ``p_age_band`` for them.
+
+    Args:
+        keys: ``(n, 4)`` ``image, person, fold, label``; probs: ``(n, 18)``.
+
+    Returns:
+        One row per person: ``person, fold, images, gender`` (label),
+        ``p_other_gender`` (mean marginal probability of the other gender over
+        the person's images), ``p_mask_swap`` (the smaller of p(incorrect) on
+        the ``normal`` image and p(not wear) on the ``incorrect_mask`` image; 0
+        without both), ``age_band`` (label), ``pred_age_band`` (argmax of the
+        mean marginal age probabilities), ``p_age_band`` (mean probability of
+        the labelled band), ``score`` = max(``p_other_gender``, ``p_mask_swap``);
+        sorted by ``score`` descending.
     """
     names = band_names(age_cuts)
     tp = task_probs(probs)
     tl = task_labels(keys["label"].to_numpy())
+    rows = np.arange(len(keys))
     stems = keys["image"].map(lambda s: Path(s).stem).to_numpy()
     df = pd.DataFrame({"person": keys["person"].to_numpy(), "fold": keys["fold"].to_numpy(),
                        "gender": tl["gender"], "age_band": tl["age"],
-                       "p_other_gender": tp["gender"][np.arange(len(keys)), 1 - tl["gender"]],
-                       "p_age_band": tp["age"][np.arange(len(keys)), tl["age"]],
+                       "p_other_gender": tp["gender"][rows, 1 - tl["gender"]],
+                       "p_age_band": tp["age"][rows, tl["age"]],
                        **{f"p_age{i}": tp["age"][:, i] for i in range(3)},
-                       "mask_pred": tp["mask"].argmax(1), "stem": stems})
-    g = df.groupby("person", sort=False)
-    out = g.agg(fold=("fold", "first"), images=("fold", "size"), gender=("gender", "first"),
-                p_other_gender=("p_other_gender", "mean"), age_band=("age_band", "first"),
-                p_age_band=("p_age_band", "mean"), p_age0=("p_age0", "mean"), p_age1=("p_age1", "mean"),
-                p_age2=("p_age2", "mean")).reset_index()
+                       "p_incorrect": tp["mask"][:, 1], "p_not_wear": tp["mask"][:, 2], "stem": stems})
+    out = df.groupby("person", sort=False).agg(
+        fold=("fold", "first"), images=("fold", "size"), gender=("gender", "first"),
+        p_other_gender=("p_other_gender", "mean"), age_band=("age_band", "first"), p_age_band=("p_age_band", "mean"),
+        p_age0=("p_age0", "mean"), p_age1=("p_age1", "mean"), p_age2=("p_age2", "mean")).reset_index()
+    normal = df[df.stem == "normal"].groupby("person")["p_incorrect"].first()
+    incorrect = df[df.stem == "incorrect_mask"].groupby("person")["p_not_wear"].first()
+    out["p_mask_swap"] = np.minimum(out["person"].map(normal).fillna(0).to_numpy(), out["person"].map(incorrect).fillna(0).to_numpy())
     out["pred_age_band"] = out[["p_age0", "p_age1", "p_age2"]].to_numpy().argmax(1)
-    normal = df[df.stem == "normal"].set_index("person")["mask_pred"]
-    incorrect = df[df.stem == "incorrect_mask"].set_index("person")["mask_pred"]
-    out["mask_swap"] = [bool(normal.get(p, -1) == 1 and incorrect.get(p, -1) == 2) for p in out["person"]]
-    out["score"] = np.maximum.reduce([out["p_other_gender"].to_numpy(), 1 - out["p_age_band"].to_numpy(),
-                                      out["mask_swap"].to_numpy(float)])
+    out["score"] = np.maximum(out["p_other_gender"].to_numpy(), out["p_mask_swap"].to_numpy())
     out["gender"] = out["gender"].map(dict(enumerate(L.GENDER_NAMES)))
     out["age_band"] = out["age_band"].map(dict(enumerate(names)))
     out["pred_age_band"] = out["pred_age_band"].map(dict(enumerate(names)))
-    cols = ["person", "fold", "images", "gender", "p_other_gender", "age_band", "pred_age_band", "p_age_band", "mask_swap", "score"]
+    cols = ["person", "fold", "images", "gender", "p_other_gender", "p_mask_swap", "age_band", "pred_age_band", "p_age_band", "score"]
     return out[cols].sort_values("score", ascending=False, kind="stable").reset_index(drop=True)
 
 
@@ -317,7 +326,7 @@ def evaluate(name: str, oof_dir: str | Path) -> RunReport:
         raise KfError(f"{d / 'oof.csv'}: file not found ({name} is marked finished; was the file deleted?)")
     keys, probs = read_oof(d / "oof.csv")
     kind = "ensemble" if rj.get("kind") == "ensemble" or d.parent.name == "ensemble" else "run"
-    cuts = _age_cuts(d, rj, oof_dir)
+    cuts = _age_cuts(rj, oof_dir)
     names = class_labels(cuts)
     y, pred = keys["label"].to_numpy(), probs.argmax(1)
     labels18 = list(range(L.N_CLASSES))
@@ -347,7 +356,10 @@ def evaluate(name: str, oof_dir: str | Path) -> RunReport:
     mis["p_true"] = probs[wrong, y[wrong]]
     curves = read_curves(d, rj.get("k")) if kind == "run" else None
     notes = [] if curves is not None or kind == "ensemble" else [f"{name}: no fold<k>/log.csv, no training curves"]
-    label = name if (oof_dir / name / "run.json").is_file() else d.name
+    try:  # the name under --oof (ensemble/caruana), else the folder's own name: never a path out of --out
+        label = d.resolve().relative_to(oof_dir.resolve()).as_posix()
+    except ValueError:
+        label = d.name
     return RunReport(name=label, kind=kind, dir=d, age_cuts=cuts, keys=keys, probs=probs, pred=pred, macro_f1=macro,
                      accuracy=float((y == pred).mean()), per_class=per_class_table(y, pred, names),
                      per_fold=pd.DataFrame(folds), tasks=pd.DataFrame(task_rows), confusion=confusion(y, pred, L.N_CLASSES),
@@ -358,8 +370,8 @@ def evaluate(name: str, oof_dir: str | Path) -> RunReport:
 
 # --------------------------------------------------------------------------- plots
 
-def _matrix(ax, cm: np.ndarray, names: Sequence[str], title: str, fontsize: float) -> None:
-    """Draw a row-normalised confusion matrix with counts in ``ax``."""
+def _matrix(ax, cm: np.ndarray, names: Sequence[str], title: str, fontsize: float):
+    """Draw a row-normalised confusion matrix in ``ax``, shares written in non-empty cells; returns the image."""
     norm = normalise_rows(cm)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     n = len(names)
@@ -371,9 +383,19 @@ def _matrix(ax, cm: np.ndarray, names: Sequence[str], title: str, fontsize: floa
     for i in range(n):
         for j in range(n):
             if cm[i, j]:
-                ax.text(j, i, f"{norm[i, j]:.2f}".lstrip("0") if norm[i, j] < 1 else "1", ha="center", va="center",
+                ax.text(j, i, _share(norm[i, j]), ha="center", va="center",
                         fontsize=fontsize - 1, color="white" if norm[i, j] > 0.55 else "black")
     return im
+
+
+def _share(v: float) -> str:
+    """A share in a matrix cell: ``.42``, ``<.01``, ``>.99``, ``1``."""
+    s = f"{v:.2f}"
+    if s == "0.00":
+        return "<.01"
+    if s == "1.00":
+        return "1" if v >= 1 else ">.99"
+    return s.lstrip("0")
 
 
 def plot_confusion(cm: np.ndarray, names: Sequence[str], title: str):
@@ -446,16 +468,19 @@ def plot_per_class_f1(reports: list[RunReport]):
     ax.set_xlabel("F1 on out-of-fold predictions")
     ax.set_title("Per-class F1")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.07), ncol=min(3, len(reports)))
     return fig
 
 
-def contact_sheet(mis: pd.DataFrame, data_root: str | Path, title: str, top: int = 24, cols: int = 6):
+def contact_sheet(mis: pd.DataFrame, data_root: str | Path, title: str, top: int = 24, cols: int = 6,
+                  per_person: int | None = 2):
     """Grid of the ``top`` most confidently misclassified images, with true/predicted class and confidence.
 
     Args:
         mis: :attr:`RunReport.misclassified` (most confident first).
         data_root: the folder ``mis['image']`` is relative to (the ``--data`` folder).
+        per_person: at most this many images of one person (None: no limit), so that
+            one mislabelled person does not fill the sheet with its 7 images.
 
     Returns:
         A ``Figure``, or None when nothing is misclassified.
@@ -467,7 +492,8 @@ def contact_sheet(mis: pd.DataFrame, data_root: str | Path, title: str, top: int
     from PIL import Image, UnidentifiedImageError
 
     data_root = Path(data_root)
-    rows = mis.head(top)
+    rows = mis if per_person is None else mis[mis.groupby("person", sort=False).cumcount() < per_person]
+    rows = rows.head(top)
     if rows.empty:
         return None
     cols = min(cols, len(rows))
@@ -492,7 +518,8 @@ def contact_sheet(mis: pd.DataFrame, data_root: str | Path, title: str, top: int
         folder = folder if len(folder) <= 30 else folder[:29] + "…"
         ax.set_title(f"{folder}\n{Path(r.image).name} (fold {r.fold})\ntrue {r.true}\npred {r.pred}  p={r.confidence:.2f}",
                      fontsize=7, loc="left")
-    fig.suptitle(f"{title}: top {len(rows)} most confident OOF errors (of {len(mis)})", fontsize=12)
+    limit = f", at most {per_person} per person" if per_person is not None else ""
+    fig.suptitle(f"{title}: the {len(rows)} most confident OOF errors{limit} (of {len(mis)} errors)", fontsize=12)
     fig.subplots_adjust(hspace=0.45, wspace=0.08)
     return fig
 
@@ -522,8 +549,7 @@ def _safe(name: str) -> str:
     return name.replace("/", "__")
 
 
-def write_report(reports: list[RunReport], out: str | Path, data_root: str | Path | None, top: int = 24,
-                 echo: Callable[[str], None] = lambda s: None) -> list[Path]:
+def write_report(reports: list[RunReport], out: str | Path, data_root: str | Path | None, top: int = 24) -> list[Path]:
     """Write every report's tables and plots, ``comparison.csv``, ``per_class_f1.png`` and ``index.html``.
 
     Layout: ``<out>/<name>/...`` per report (``ensemble/caruana`` -> ``<out>/ensemble/caruana/``),
@@ -612,8 +638,7 @@ def format_summary(reports: list[RunReport]) -> str:
                      + f"; {len(r.misclassified)} OOF errors")
         s = r.suspects.head(3)
         lines.append(f"{r.name}: most suspect labels " + ", ".join(
-            f"{p.person} (p other gender {p.p_other_gender:.2f}, age {p.age_band}->{p.pred_age_band}"
-            + (", mask swap" if p.mask_swap else "") + ")" for p in s.itertuples()))
+            f"{p.person} (p other gender {p.p_other_gender:.2f}, p mask swap {p.p_mask_swap:.2f})" for p in s.itertuples()))
         lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)
 

@@ -124,6 +124,8 @@ def make_data(out: str | Path, people: int = 60, eval_people: int = 20, size: tu
     out = Path(out)
     if people < 1 or eval_people < 1 or min(size) < 16:
         raise KfError("make-data: need --people >= 1, --eval-people >= 1 and a size of at least 16x16")
+    if not 0 <= noise <= 1:
+        raise KfError(f"make-data: --noise {noise} must be a fraction in 0..1")
     if out.exists() and not out.is_dir():
         raise KfError(f"{out}: is a file, expected a new or empty folder")
     if out.exists() and any(out.iterdir()):

@@ -29,7 +29,7 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, dump_config
-from .io import KfError, atomic_write, read_json, write_csv, write_json
+from .io import KfError, atomic_write, crash_point, read_json, write_csv, write_json
 
 PROB_COLS = [f"prob_{c}" for c in range(18)]
 # config keys that change how fast, not what is computed
@@ -68,15 +68,17 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return dev
 
 
-def resolve_workers(cfg: TrainConfig, device: torch.device) -> tuple[int, int]:
+def resolve_workers(cfg: TrainConfig, device: torch.device, cores: int | None = None) -> tuple[int, int]:
     """``(torch threads, DataLoader workers)``.
 
+    ``cores``: the CPUs this fold may use (default ``os.cpu_count()``; a Ray
+    task passes the CPUs Ray reserved for it).
     ``auto`` on CPU: all cores for torch and no workers; measured on 2 cores
     (docs/benchmarks.md), one worker beside 2 torch threads oversubscribes
     and is slower, since augmentation of cached small images is cheap next
     to the model. On CUDA: workers = min(8, cores - 1), torch threads unchanged.
     """
-    cores = os.cpu_count() or 1
+    cores = cores or os.cpu_count() or 1
     if device.type == "cuda":
         threads = torch.get_num_threads() if cfg.threads == "auto" else int(cfg.threads)
         workers = min(8, max(cores - 1, 0)) if cfg.num_workers == "auto" else int(cfg.num_workers)
@@ -221,7 +223,7 @@ class FoldTrainer:
                 ema.load_state_dict(ck["ema"])
             history, start_epoch = ck["history"], ck["epoch"] + 1
             best, best_epoch, bad_epochs = ck["best"], ck["best_epoch"], ck["bad_epochs"]
-            self.echo(f"  fold {self.fold}: resuming after epoch {ck['epoch']} (best macro F1 {best:.4f} at epoch {best_epoch})")
+            self.echo(f"  fold {self.fold}: resuming after epoch {ck['epoch'] + 1} (best macro F1 {best:.4f} at epoch {best_epoch})")
         m = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
         s = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         t_fold = time.time()
@@ -250,6 +252,7 @@ class FoldTrainer:
                         ema.update(model)
                 seen += len(yb)
                 loss_sum += float(loss.detach()) * len(yb)
+                crash_point("batch")
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
             train_s = time.time() - t0
             probs = self.predict(eval_model, self.train_cache, self.va_idx, "none")
@@ -353,22 +356,31 @@ def assemble_run(cfg: TrainConfig, run_dir: Path, data: DataBundle) -> dict:
     return meta
 
 
+def image_caches(data: DataBundle, size: tuple[int, int], oof_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(train, test)`` uint8 image caches at ``size`` under ``<oof>/cache`` (built when absent)."""
+    from .cache import build_cache
+
+    train = build_cache([data.root / p for p in data.folds["image"]], size, oof_dir / "cache")
+    test = build_cache([data.root / p for p in data.test["image"]], size, oof_dir / "cache")
+    return train, test
+
+
 def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle, oof_dir: str | Path,
-             echo: Callable[[str], None] = print, progress: bool | None = None) -> dict:
+             echo: Callable[[str], None] = print, progress: bool | None = None, cores: int | None = None) -> dict:
     """Train one (run, fold) unless it is finished; the unit of work of every executor.
 
     Idempotent: a finished fold (``fold<k>/result.json``) is returned as is; an
     interrupted one resumes from ``last.pt``. The image caches are built on
-    first use and reused (memory-mapped) afterwards.
+    first use and reused (memory-mapped) afterwards. ``cores``: see
+    :func:`resolve_workers`. Torch's thread count is always set explicitly, so
+    a fold computes the same numbers in any process given the same threads.
 
     Returns:
         The fold's ``result.json`` content plus ``skipped`` (bool).
     """
-    from .cache import build_cache
-
     run_dir, oof_dir = Path(run_dir), Path(oof_dir)
     device = resolve_device(cfg)
-    threads, workers = resolve_workers(cfg, device)
+    threads, workers = resolve_workers(cfg, device, cores)
     torch.set_num_threads(threads)
     done = run_dir / f"fold{fold}" / "result.json"
     if done.exists():
@@ -377,11 +389,11 @@ def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle,
         return {**r, "skipped": True}
     size = tuple(cfg.image_size)
     t0 = time.time()
-    train_cache = build_cache([data.root / p for p in data.folds["image"]], size, oof_dir / "cache")
-    test_cache = build_cache([data.root / p for p in data.test["image"]], size, oof_dir / "cache")
+    train_cache, test_cache = image_caches(data, size, oof_dir)
     echo(f"{cfg.name} fold {fold}: {cfg.model} ({cfg.pretrained}) {size[0]}x{size[1]} on {device}, {threads} threads, "
          f"{workers} workers; image cache ready in {time.time() - t0:.1f} s")
     r = FoldTrainer(cfg, fold, run_dir, data, train_cache, test_cache, device, workers, echo, progress).run()
+    crash_point("fold-done")
     echo(f"{cfg.name} fold {fold}: OOF macro F1 {r['macro_f1']:.4f} with TTA {cfg.tta} "
          f"(best epoch {r['best_epoch']}, {r['seconds']:.0f} s)")
     return {**r, "skipped": False}
@@ -411,17 +423,21 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
     bad = [f for f in folds if not 0 <= f < k]
     if bad:
         raise KfError(f"--fold {bad[0]}: folds are 0..{k - 1}")
+    if executor not in ("local", "ray"):
+        raise KfError(f"--executor {executor!r}: choose local or ray")
+    if executor == "ray":
+        from .executors import require_ray
+
+        require_ray()  # before anything is written
     run_dirs = [prepare_run(c, data, oof_dir, force) for c in cfgs]
     jobs = [(cfg, f, run_dir) for cfg, run_dir in zip(cfgs, run_dirs) for f in folds]
     if executor == "ray":
         from .executors import run_on_ray
 
         run_on_ray(jobs, data, oof_dir, echo=echo, address=address)
-    elif executor == "local":
+    else:
         for cfg, f, run_dir in jobs:
             run_fold(cfg, f, run_dir, data, oof_dir, echo, progress)
-    else:
-        raise KfError(f"--executor {executor!r}: choose local or ray")
     results = []
     for cfg, run_dir in zip(cfgs, run_dirs):
         meta = assemble_run(cfg, run_dir, data)

@@ -18,7 +18,8 @@ from kfold import labels as L
 from kfold.cli import main
 from kfold.data import read_train
 from kfold.io import KfError
-from kfold.report import evaluate, read_oof, run_report, task_probs
+from kfold.report import evaluate, read_oof, run_report, suspects_table, task_probs
+from kfold.synth import make_data
 
 PROB_COLS = [f"prob_{c}" for c in range(18)]
 TINY = ["model=test_efficientnet", "pretrained=none", "image_size=[32,32]", "epochs=1", "batch_size=16",
@@ -235,6 +236,22 @@ def test_task_predictions_marginalise_probabilities_over_the_other_tasks():
     np.testing.assert_allclose([tp[t].sum() for t in tp], [1, 1, 1])
 
 
+def test_suspects_are_exactly_the_people_with_injected_label_noise_under_an_oracle_model(tmp_path):
+    root = tmp_path / "noisy"
+    make_data(root, people=30, eval_people=1, size=(16, 16), seed=3, noise=0.2)
+    noisy, _ = read_train(root)
+    clean, _ = read_train(root, corrections=root / "noise.csv")
+    noise = pd.read_csv(root / "noise.csv", dtype=str)
+    assert set(noise["field"]) == {"gender", "mask-swap"}
+    keys = noisy[["image", "person", "label"]].assign(fold=0)
+    probs = np.stack([hand_probs(c, 0.9) for c in clean["label"]])  # predicts the truth, labels are noisy
+    s = suspects_table(keys, probs, (30, 60)).set_index("person")
+    assert set(s.index[s["score"] > 0.5]) == set(noise["path"])
+    assert set(s.index[s["p_other_gender"] > 0.5]) == set(noise.loc[noise.field == "gender", "path"])
+    assert set(s.index[s["p_mask_swap"] > 0.5]) == set(noise.loc[noise.field == "mask-swap", "path"])
+    assert (s["p_age_band"] > 0.9).all()
+
+
 # --------------------------------------------------------------------------- kf report, trained run
 
 @pytest.fixture(scope="module")
@@ -315,6 +332,15 @@ def test_report_suspects_rank_people_by_the_evidence_against_their_labels(traine
     g = L.decode(int(first["label"].iloc[0]))[1]
     other = [c for c in range(18) if L.decode(c)[1] != g]
     assert s["p_other_gender"].iloc[0] == pytest.approx(first[[f"prob_{c}" for c in other]].sum(axis=1).mean(), abs=1e-6)
+
+
+def test_a_run_given_by_path_is_reported_under_its_folder_name_and_its_folder_is_untouched(trained, tmp_path):
+    oof, _ = trained
+    before = sorted(p.name for p in (oof / "tiny").iterdir())
+    res = invoke("report", oof / "tiny", "--oof", tmp_path / "elsewhere", "--top", "0", "--out", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "r" / "tiny" / "per_class.csv").is_file()
+    assert sorted(p.name for p in (oof / "tiny").iterdir()) == before
 
 
 # --------------------------------------------------------------------------- kf report, bad input

@@ -16,6 +16,7 @@ from ensemble import (BiasTuning, CaruanaSelection, GeometricMean, OptimizedWeig
                       load_runs, macro_f1, macro_f1_batch, make_method, nested_estimate, nested_fits, to_state,
                       tune_biases)
 from ensemble.base import Ensembler, log_proba
+from ensemble.bias import class_bias_scores
 from ensemble.runs import PROB_COLS
 from ensemble.synth import synthetic_labels, synthetic_probs, write_synthetic_runs
 from kfold.cli import main
@@ -130,12 +131,18 @@ def test_bias_tuning_recovers_a_suppressed_class_and_reports_its_true_score(data
     assert b[4] > 1.0
 
 
-def test_bias_tuning_breaks_ties_like_argmax(data):
+def test_bias_grid_scores_equal_argmax_one_value_at_a_time_even_with_ties(data):
     P, y, _ = data
     logp = np.round(log_proba(P.mean(0)))  # integer scores and an integer grid: many exact ties
-    b, score = tune_biases(logp, y, grid=np.arange(-3.0, 4.0))
-    assert score == macro_f1(y, (logp + b).argmax(1))
-    assert np.any(b != 0)
+    grid = np.arange(-3.0, 4.0)
+    S = logp + np.random.default_rng(0).integers(-1, 2, 18)
+    for c in (0, 5, 17):
+        want = []
+        for v in grid:
+            T = S.copy()
+            T[:, c] = logp[:, c] + v
+            want.append(macro_f1(y, T.argmax(1)))
+        np.testing.assert_allclose(class_bias_scores(S, logp, y, c, grid), want, atol=1e-12)
 
 
 def test_bias_tuning_never_lowers_oof_macro_f1(data):

@@ -222,3 +222,9 @@ def test_a_linear_model_on_16x16_pixels_beats_chance_on_mask_gender_and_age(tmp_
     chance = {"mask": 1 / 3, "gender": 1 / 2, "age_band": 1 / 3}
     for task, s in scores.items():
         assert s >= chance[task] + 0.2, f"{task}: balanced accuracy {s:.2f}, chance {chance[task]:.2f} ({scores})"
+
+
+@pytest.mark.parametrize("noise", [-0.1, 1.5])
+def test_noise_outside_zero_to_one_is_refused(tmp_path, noise):
+    with pytest.raises(KfError, match="--noise .* must be a fraction in 0..1"):
+        make_data(tmp_path / "d", people=2, eval_people=1, size=(16, 16), noise=noise)

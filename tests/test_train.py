@@ -126,7 +126,7 @@ def test_resume_after_interruption_gives_the_same_oof_as_an_uninterrupted_run(ti
     monkeypatch.setattr(train.FoldTrainer, "_loader", real_loader)
     lines = []
     train_runs([cfg], interrupted, tmp_path / "b", folds=[0], echo=lines.append, progress=False)
-    assert any("resuming after epoch 0" in s for s in lines)
+    assert any("resuming after epoch 1" in s for s in lines)
     a = pd.read_csv(tmp_path / "a" / "tiny" / "fold0" / "oof.csv")[PROB_COLS].to_numpy()
     b = pd.read_csv(tmp_path / "b" / "tiny" / "fold0" / "oof.csv")[PROB_COLS].to_numpy()
     np.testing.assert_allclose(a, b, atol=1e-6)
