@@ -8,7 +8,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 
 .PHONY: demo test bench venv clean-demo
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	# torch/torchvision exact pins come from this machine's local wheels (see README)

@@ -32,7 +32,7 @@ PROB_COLS = [f"prob_{c}" for c in range(N_CLASSES)]
 KEY_COLS = ["image", "person", "fold", "label"]
 SUM_TOL = 1e-3
 #: folders under ``oof/`` that are never runs
-NOT_RUNS = ("ensemble", "cache")
+NOT_RUNS = ("ensemble", "cache", "report", "eda")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from .cache import build_cache, load_image
 from .config import TrainConfig, validate
 from .data import IMAGE_EXTENSIONS
 from .io import KfError, read_json, write_csv, write_json
-from .train import PROB_COLS, amp_dtype, macro_f1, resolve_device, resolve_workers
+from .train import PROB_COLS, amp_dtype, configure_torch, macro_f1, resolve_device
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:
@@ -87,7 +87,7 @@ def predict_images(run_dir: str | Path, images_dir: str | Path, tta: str | None 
     if batch_size:
         cfg.eval_batch_size = batch_size
     device = resolve_device(cfg)
-    torch.set_num_threads(resolve_workers(cfg, device)[0])
+    configure_torch(cfg, device)
     arr = np.stack([load_image(p, tuple(cfg.image_size)) for p in files])
     probs = np.mean([_predict(m, arr, cfg, device, tta or cfg.tta) for _, m in fold_models(run_dir, cfg, device)], axis=0)
     return [p.name for p in files], probs.astype(np.float32)
@@ -115,7 +115,7 @@ def repredict_run(run_dir: str | Path, data_root: str | Path, tta: str, out_dir:
     test = pd.read_csv(run_dir / "test.csv", usecols=["ImageID"])
     root = Path(data_root)
     device = resolve_device(cfg)
-    torch.set_num_threads(resolve_workers(cfg, device)[0])
+    configure_torch(cfg, device)
     size = tuple(cfg.image_size)
     cache_dir = run_dir.parent / "cache"
     train_cache = build_cache([root / p for p in oof["image"]], size, cache_dir)
