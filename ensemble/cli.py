@@ -21,7 +21,10 @@ TTA_CHOICES = ("none", "hflip", "flip", "d4")
 @click.option("--runs", default=None, metavar="A,B",
               help="Runs to blend, names under --oof (e.g. effb0,mnv3 or ensemble/caruana). Default: every finished run.")
 @click.option("--name", default=None, help="Output name instead of the method's (one method only).")
-def ensemble_cmd(data, oof, method, bias, runs, name):
+@click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
+              help="Re-predict each member's OOF and test sets from its fold checkpoints with this TTA "
+                   "(into <oof>/<run>@<tta>/, reused when present) and blend those. Needs --data.")
+def ensemble_cmd(data, oof, method, bias, runs, name, tta):
     """Blend runs on their OOF probabilities; report single-run vs ensemble macro F1.
 
     Every method is scored twice: in-sample on all OOF rows, and nested (per
@@ -44,6 +47,8 @@ def ensemble_cmd(data, oof, method, bias, runs, name):
         click.echo(f"note: {info} not found; test.csv ImageIDs are checked between runs only")
         info = None
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
+    if tta is not None:
+        names = with_tta(oof, data, names, tta)
     report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info)
     rs = report.runs
     click.echo(f"{len(rs.names)} run(s): {', '.join(rs.names)}; {rs.oof.shape[1]} OOF images, "
@@ -56,6 +61,30 @@ def ensemble_cmd(data, oof, method, bias, runs, name):
     for f in report.fitted:
         click.echo(f"wrote {ens / f.name}.json and {ens / f.name}/{{oof.csv,test.csv,run.json}}")
     click.echo(f"wrote {report.written[-1]}")
+
+
+def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str]:
+    """Member names after re-predicting each with ``tta`` (see ``kfold.inference.repredict_run``)."""
+    from kfold.inference import repredict_run
+    from kfold.io import read_json
+
+    from .runs import discover_runs, resolve_run_dir
+
+    names = names if names is not None else discover_runs(oof)[0]
+    out = []
+    for n in names:
+        run_dir = resolve_run_dir(n, oof)
+        meta = read_json(run_dir / "run.json")
+        if meta.get("tta") == tta:
+            out.append(n)
+            continue
+        target = run_dir.parent / f"{meta.get('source_run') or run_dir.name}@{tta}"
+        done = (target / "run.json").is_file() and read_json(target / "run.json").get("finished")
+        if not done:
+            click.echo(f"{n}: re-predicting OOF and test with TTA {tta} from its fold checkpoints")
+            repredict_run(run_dir, data, tta, target, echo=click.echo)
+        out.append(target.name)
+    return out
 
 
 @click.command("predict")

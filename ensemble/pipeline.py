@@ -14,6 +14,7 @@ Outputs, under ``<oof>/ensemble/`` (see docs/formats.md and docs/ensemble.md):
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from .evaluate import fold_scores, nested_fits, score_row
 from .methods import METHODS, ensemble_name, make_method, to_state
 from .metrics import macro_f1
 from .runs import KEY_COLS, RunSet, load_runs, write_probs_csv
+
+log = logging.getLogger(__name__)
 
 ENSEMBLE_DIR = "ensemble"
 
@@ -161,7 +164,9 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
 
     Raises:
         KfError: bad input (see :func:`ensemble.runs.load_runs`), unknown
-            method, ``name`` with ``method="all"``, or a bad name.
+            method, ``name`` with ``method="all"``, a bad name, or
+            ``stacking`` with fewer than 3 folds (``all`` then skips it
+            with a warning).
     """
     if method != "all" and method not in METHODS:
         raise KfError(f"--method {method!r}: unknown, expected one of {', '.join(METHODS)} or all")
@@ -173,6 +178,13 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
     if rs.folds.min() == rs.folds.max():
         raise KfError(f"{Path(oof_dir) / 'folds.json'}: a single fold; the nested estimate needs K >= 2")
     methods = list(METHODS) if method == "all" else [method]
+    n_folds = len(np.unique(rs.folds))
+    if "stacking" in methods and n_folds < 3:  # its nested fits cross-fit inside K-1 folds
+        if method == "stacking":
+            raise KfError(f"{Path(oof_dir) / 'folds.json'}: --method stacking needs K >= 3 folds (its nested estimate "
+                          f"cross-fits inside K-1 folds), these runs have K={n_folds}")
+        methods.remove("stacking")
+        log.warning("stacking skipped: it needs K >= 3 folds, these runs have K=%d", n_folds)
     fitted: list[Fitted] = []
     for m in methods:
         fitted += fit_method(m, rs, bias=bias, base_name=name)

@@ -78,11 +78,18 @@ def _row(i: int) -> str:
     return f"row {i + 2}"
 
 
+def _val(v) -> str:
+    """``repr`` of a cell for a message, without numpy's wrapper (``1``, ``nan``, not ``np.int64(1)``)."""
+    return repr(v.item() if isinstance(v, np.generic) else v)
+
+
 def discover_runs(oof_dir: str | Path) -> tuple[list[str], list[str]]:
     """Names of the finished and of the unfinished runs directly under ``oof_dir``.
 
     A run is a folder with a ``run.json``; ``ensemble/``, ``cache/`` and hidden
-    folders are skipped. Names are sorted.
+    folders are skipped, and so are re-predictions of a run with another TTA
+    (``<run>@<tta>``, whose run.json has ``source_run``): name them to use
+    them. Names are sorted.
 
     Raises:
         KfError: ``oof_dir`` does not exist or a ``run.json`` is unreadable.
@@ -94,7 +101,10 @@ def discover_runs(oof_dir: str | Path) -> tuple[list[str], list[str]]:
     for d in sorted(oof_dir.iterdir()):
         if not d.is_dir() or d.name in NOT_RUNS or d.name.startswith(".") or not (d / "run.json").is_file():
             continue
-        (finished if read_json(d / "run.json").get("finished") is True else unfinished).append(d.name)
+        meta = read_json(d / "run.json")
+        if meta.get("source_run"):
+            continue
+        (finished if meta.get("finished") is True else unfinished).append(d.name)
     return finished, unfinished
 
 
@@ -126,8 +136,8 @@ def _check_probs(df: pd.DataFrame, path: Path, id_col: str) -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         i, j = (int(v[0]) for v in np.nonzero(bad))
-        raise KfError(f"{path}: {_row(i)} ({id_col} {df[id_col].iloc[i]!r}): {PROB_COLS[j]} is "
-                      f"{df[PROB_COLS[j]].iloc[i]!r}, expected a finite probability")
+        raise KfError(f"{path}: {_row(i)} ({id_col} {_val(df[id_col].iloc[i])}): {PROB_COLS[j]} is "
+                      f"{_val(df[PROB_COLS[j]].iloc[i])}, expected a finite probability")
     out = (arr < 0) | (arr > 1 + SUM_TOL)
     if out.any():
         i, j = (int(v[0]) for v in np.nonzero(out))
@@ -159,7 +169,7 @@ def _read_oof(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
             vals = pd.to_numeric(df[c], errors="coerce")
             bad = vals.isna() | (vals != vals.round())
             i = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
-            raise KfError(f"{path}: {_row(i)}: {c} {df[c].iloc[i]!r} is not an integer")
+            raise KfError(f"{path}: {_row(i)}: {c} {_val(df[c].iloc[i])} is not an integer")
     probs = _check_probs(df, path, "image")
     keys = df[KEY_COLS].copy()
     keys["fold"] = keys["fold"].astype(np.int64)
@@ -248,8 +258,8 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
             diff = _first_diff(keys, ref_keys, KEY_COLS)
             if diff is not None:
                 i, c = diff
-                raise KfError(f"{d / 'oof.csv'}: {_row(i)}: {c} {keys[c].iloc[i]!r} differs from "
-                              f"{ref_keys[c].iloc[i]!r} in {ref_name} (runs must list the same images, in folds.csv order)")
+                raise KfError(f"{d / 'oof.csv'}: {_row(i)}: {c} {_val(keys[c].iloc[i])} differs from "
+                              f"{_val(ref_keys[c].iloc[i])} in {ref_name} (runs must list the same images, in folds.csv order)")
         ids, tprobs = _read_test(d / "test.csv")
         if ref_ids is None:
             ref_ids, ref_test_name = ids, d / "test.csv"

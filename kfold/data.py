@@ -137,6 +137,7 @@ def _scan_person(folder: Path, person: str, csv: Path, report: ReadReport) -> di
     if not folder.is_dir():
         raise KfError(f"{csv}: person {person!r}: folder {folder} not found")
     found: dict[str, str] = {}
+    skipped: dict[str, str] = {}  # stem -> a skipped file of that name (mask1.gif), for the error
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if _is_junk(entry.name):
             report.junk_skipped += 1
@@ -144,13 +145,16 @@ def _scan_person(folder: Path, person: str, csv: Path, report: ReadReport) -> di
         stem, ext = entry.stem, entry.suffix.lower()
         if entry.is_dir() or stem not in L.MASK_OF_STEM or ext not in IMAGE_EXTENSIONS:
             report.warnings.append(f"{entry}: unexpected file, skipped")
+            skipped.setdefault(stem, entry.name)
             continue
         if stem in found:
             raise KfError(f"{folder}: two files for {stem}: {found[stem]} and {entry.name}")
         found[stem] = entry.name
     missing = [s for s in L.IMAGE_STEMS if s not in found]
     if missing:
-        raise KfError(f"{folder}: missing image(s) {', '.join(missing)} for person {person!r}")
+        near = [skipped[s] for s in missing if s in skipped]
+        hint = f" ({', '.join(near)} skipped: an image must be .jpg, .jpeg or .png)" if near else ""
+        raise KfError(f"{folder}: missing image(s) {', '.join(missing)} for person {person!r}{hint}")
     return found
 
 

