@@ -179,7 +179,12 @@ class FoldTrainer:
         self.mean, self.std = normalisation(model)
         opt = timm.optim.create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = None
-        if cfg.scheduler != "none":
+        if cfg.scheduler == "plateau":
+            # torch's, not timm's: timm's PlateauLRScheduler keeps no state in checkpoints (deprecated),
+            # so a resumed fold would restart its patience; torch's has a state_dict
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.decay_rate, patience=1,
+                                                               min_lr=cfg.min_lr)
+        elif cfg.scheduler != "none":
             sched, _ = timm.scheduler.create_scheduler_v2(
                 opt, sched=cfg.scheduler, num_epochs=cfg.epochs, decay_epochs=cfg.decay_epochs, decay_rate=cfg.decay_rate,
                 min_lr=cfg.min_lr, warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs, plateau_mode="max",
@@ -279,7 +284,9 @@ class FoldTrainer:
             f1 = macro_f1(yv, pred)
             val_loss = float(-np.log(np.clip(probs[np.arange(len(yv)), yv], 1e-7, 1)).mean())
             lr = opt.param_groups[0]["lr"]
-            if sched is not None:
+            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                sched.step(f1)
+            elif sched is not None:
                 sched.step(epoch + 1, f1)
             history.append({"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_loss": val_loss,
                             "val_macro_f1": f1, "val_accuracy": float((pred == yv).mean()), "lr": lr,

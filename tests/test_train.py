@@ -199,3 +199,41 @@ def test_kf_predict_applies_the_fold_models_to_a_folder_of_images(trained, tiny_
     got = pd.read_csv(out).set_index("ImageID")
     test = pd.read_csv(oof_dir / "tiny" / "test.csv").set_index("ImageID")
     np.testing.assert_allclose(got.loc[test.index, PROB_COLS].to_numpy(), test[PROB_COLS].to_numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("extra", [
+    ["ema=true", "ema_decay=0.9"],
+    ["freeze_backbone=true"],
+    ["loss=focal", "class_weights=balanced", "label_smoothing=0.1"],
+    ["loss=soft_f1", "scheduler=step", "decay_epochs=1"],
+    ["scheduler=plateau", "early_stopping=1", "epochs=3", "accum_steps=2", "optimizer=sgd"],
+    ["scheduler=none", "tta=d4", "image_size=[32,40]", "warmup_epochs=1", "epochs=2"],
+], ids=["ema", "frozen-backbone", "focal-balanced", "soft-f1-step", "plateau-early-stop-accum-sgd", "d4-non-square"])
+def test_config_variants_train_one_fold_and_write_valid_probabilities(tiny_data, tmp_path, extra):
+    cfg = tiny_config(tmp_path, extra=extra)
+    data = load_data(tiny_data, tmp_path / "oof", k=2, seed=0)
+    lines: list[str] = []
+    train_runs([cfg], data, tmp_path / "oof", folds=[0], echo=lines.append, progress=False)
+    oof = pd.read_csv(tmp_path / "oof" / "tiny" / "fold0" / "oof.csv")
+    p = oof[PROB_COLS].to_numpy()
+    assert len(oof) == int((data.folds["fold"] == 0).sum())
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    log = pd.read_csv(tmp_path / "oof" / "tiny" / "fold0" / "log.csv")
+    assert 1 <= len(log) <= cfg.epochs
+    if "early_stopping=1" in extra and len(log) < cfg.epochs:
+        assert any("early stop" in s for s in lines)
+
+
+def test_frozen_backbone_changes_only_the_head(tiny_data, tmp_path):
+    from kfold.models import create_model
+
+    cfg = tiny_config(tmp_path, extra=["freeze_backbone=true"])
+    torch.manual_seed(0)
+    data = load_data(tiny_data, tmp_path / "oof", k=2, seed=0)
+    train_runs([cfg], data, tmp_path / "oof", folds=[0], echo=lambda s: None, progress=False)
+    trained = torch.load(tmp_path / "oof" / "tiny" / "fold0" / "best.pt", weights_only=True)
+    train.seed_everything(train.epoch_seed(cfg.seed, 0, -1))
+    initial = create_model(cfg.model, "none", drop_rate=cfg.drop_rate).state_dict()
+    changed = {k for k in initial if not torch.equal(initial[k], trained[k])}
+    assert changed == {"classifier.weight", "classifier.bias"}

@@ -1,0 +1,153 @@
+"""1. Data feeding: images/s of decode + augment + collate, kf's cache vs the baseline way.
+
+kf: the uint8 cache (``kfold.cache.build_cache``) is built once; each epoch is
+then ``FoldTrainer._loader`` (albumentations of configs/lite0.yaml on the
+cached 96x96 arrays, DataLoader collate, kf train's auto workers) plus the
+batch normalisation ``to_model_input``: what the training loop receives.
+
+Baseline: PIL open + ``convert("RGB")`` + torchvision ``Resize((96, 96))``,
+``ToTensor``, ``Normalize`` per image, every epoch, through a DataLoader
+(batch 32, shuffled), with 0 and with 2 workers; the faster of the two is the
+reference. The baseline does no augmentation, so it does less work than kf.
+
+Data: the real set's 3,780 train images (200x200 JPEGs) when present, and
+~300 generated 384x512 JPEGs (the competition's original size).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from common import Context, Row, Stat, fold_trainer, lite0_config, ratios, standalone
+
+SIZE = (96, 96)
+# Epochs over which one cache build is shared: 5 folds x 3 epochs x 2 backbones (kf's main job).
+AMORTISE_EPOCHS = 30
+
+
+class PilImages:
+    """The baseline dataset: decode and transform the file on every access."""
+
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = [str(p) for p in paths], labels, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as im:
+            x = self.transform(im.convert("RGB"))
+        return x, int(self.labels[i])
+
+
+def baseline_epoch(ds, workers: int, seed: int) -> float:
+    """Seconds for one pass of the baseline DataLoader."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(ds, batch_size=32, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(seed))
+    t = time.perf_counter()
+    for xb, yb in loader:
+        pass
+    return time.perf_counter() - t
+
+
+def kf_epoch(trainer, epoch: int) -> float:
+    """Seconds for one pass of kf's training loader, to normalised float batches."""
+    import torch
+
+    from kfold.augment import to_model_input
+
+    m = torch.tensor(trainer.cfg_mean).view(1, 3, 1, 1)
+    s = torch.tensor(trainer.cfg_std).view(1, 3, 1, 1)
+    loader = trainer._loader(epoch)
+    t = time.perf_counter()
+    for xb, yb in loader:
+        to_model_input(xb, m, s, trainer.device)
+    return time.perf_counter() - t
+
+
+def measure(ctx: Context, name: str, root, n_epochs: int) -> list[Row]:
+    import torchvision.transforms as T
+
+    from kfold.cache import build_cache
+    from kfold.data import read_train
+    from kfold.train import resolve_workers
+
+    df, _ = read_train(root)
+    paths, labels = [root / p for p in df["image"]], df["label"].to_numpy()
+    n = len(paths)
+    cfg = lite0_config()
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # lite0's pretrained normalisation
+    workers = resolve_workers(cfg, __import__("torch").device("cpu"))[1]
+
+    builds = []
+    for r in range(1 if ctx.quick else 2):
+        d = ctx.tmp / f"cache-{name}-{r}"
+        t = time.perf_counter()
+        cache = build_cache(paths, SIZE, d)
+        builds.append(time.perf_counter() - t)
+    if name == "real":
+        ctx.shared["real96"] = (cache, labels)
+
+    trainer = fold_trainer(cfg, cache, labels, 0, cache[:0], ctx.tmp / f"feed-{name}", workers)
+    trainer.cfg_mean, trainer.cfg_std = mean, std
+    tf = T.Compose([T.Resize(SIZE), T.ToTensor(), T.Normalize(mean, std)])
+    ds = PilImages(paths, labels, tf)
+    kf_epoch(trainer, 99)  # warm-up (imports, first allocations); the file cache is warm after the build
+    kf_t, b0_t, b2_t = [], [], []
+    for e in range(n_epochs):
+        kf_t.append(kf_epoch(trainer, e))
+        b0_t.append(baseline_epoch(ds, 0, e))
+        b2_t.append(baseline_epoch(ds, 2, e))
+    best_t = b0_t if sorted(b0_t)[len(b0_t) // 2] <= sorted(b2_t)[len(b2_t) // 2] else b2_t
+    best_name = "baseline, 0 workers" if best_t is b0_t else "baseline, 2 workers"
+    ips = lambda ts: [n / t for t in ts]  # noqa: E731
+    label = {"real": f"real set, {n:,} train images 200x200 JPEG",
+             "synth": f"{n} generated 384x512 JPEGs"}[name]
+    med_build = sorted(builds)[len(builds) // 2]
+    rows = [
+        Row("1 feeding", f"{label}: epoch, kf cache + albumentations ({workers} workers) vs {best_name}",
+            Stat(ips(kf_t), "img/s", 0), Stat(ips(best_t), "img/s", 0), best_name, Stat(ratios(best_t, kf_t), "x", 1),
+            "≥ 5× faster", lambda x: x >= 5),
+        Row("1 feeding", f"{label}: baseline with 0 vs 2 DataLoader workers (img/s)",
+            Stat(ips(b0_t), "img/s", 0), Stat(ips(b2_t), "img/s", 0), "2 workers", Stat(ratios(b2_t, b0_t), "x", 2),
+            note="ratio = 2-worker speed-up of the baseline"),
+        Row("1 feeding", f"{label}: cache build, once (joblib threads, {os.cpu_count()} cores)",
+            Stat(builds, "s", 2), Stat([n / b for b in builds], "img/s", 0), "build speed", None,
+            note=f"amortised over {AMORTISE_EPOCHS} epochs (5 folds × 3 epochs × 2 backbones) it adds "
+                 f"{med_build / AMORTISE_EPOCHS:.3f} s per epoch"),
+        Row("1 feeding", f"{label}: epoch + cache build / {AMORTISE_EPOCHS} vs {best_name}",
+            Stat([n / (t + med_build / AMORTISE_EPOCHS) for t in kf_t], "img/s", 0), Stat(ips(best_t), "img/s", 0),
+            best_name, Stat([b / (t + med_build / AMORTISE_EPOCHS) for b, t in zip(best_t, kf_t)], "x", 1),
+            "≥ 5× faster", lambda x: x >= 5),
+        Row("1 feeding", f"{label}: first epoch including the whole cache build vs {best_name}",
+            Stat([n / (t + med_build) for t in kf_t], "img/s", 0), Stat(ips(best_t), "img/s", 0), best_name,
+            Stat([b / (t + med_build) for b, t in zip(best_t, kf_t)], "x", 1), note="worst case: a single epoch"),
+    ]
+    return rows
+
+
+def run(ctx: Context) -> list[Row]:
+    from kfold.synth import make_data
+
+    rows = []
+    epochs = 2 if ctx.quick else max(2, ctx.repeats)
+    if ctx.real_data is not None:
+        rows += measure(ctx, "real", ctx.real_data, epochs)
+    else:
+        ctx.notes.append("1 feeding: the real set was not found; measured on generated images only")
+    root = ctx.tmp / "synth384x512"
+    t = time.perf_counter()
+    make_data(root, people=43, eval_people=1, size=(384, 512), seed=0, quirks=False)  # 301 train JPEGs
+    ctx.settings["generated 384x512 set"] = f"{time.perf_counter() - t:.0f} s to generate (kfold.synth.make_data)"
+    rows += measure(ctx, "synth", root, epochs)
+    shutil.rmtree(root / "eval", ignore_errors=True)
+    return rows
+
+
+if __name__ == "__main__":
+    standalone(run)
