@@ -26,7 +26,7 @@ cv2.setNumThreads(1)
 def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode one image to RGB uint8 ``(height, width, 3)``, optionally resized to ``size = (height, width)``.
 
-    RGBA is composited on black, grayscale and palette images are expanded to RGB
+    RGBA loses its alpha channel, grayscale and palette images are expanded to RGB
     (PIL ``convert("RGB")``). Resizing uses OpenCV's area interpolation when
     shrinking and bilinear when enlarging.
 
@@ -64,6 +64,27 @@ def cache_key(paths: Sequence[str | Path], size: tuple[int, int]) -> str:
     return joblib.hash([[str(p) for p in paths], stats, list(size)])
 
 
+def remove_stale_temporaries(cache_dir: Path) -> list[Path]:
+    """Delete ``.<name>.npy.<pid>.tmp`` files left by a killed build whose process is gone.
+
+    Returns:
+        The removed paths (a cache build in another live process is left alone).
+    """
+    removed = []
+    for tmp in cache_dir.glob(".*.npy.*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+            os.kill(pid, 0)
+        except ValueError:
+            continue
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        except PermissionError:
+            continue
+    return removed
+
+
 def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: str | Path, n_jobs: int = -1,
                 verbose: bool = False) -> np.ndarray:
     """Return the uint8 cache of ``paths`` at ``size = (height, width)``, building it when absent.
@@ -82,6 +103,7 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cache_dir)
     size = (int(size[0]), int(size[1]))
     target = cache_dir / f"{size[0]}x{size[1]}_{len(paths)}_{cache_key(paths, size)[:16]}.npy"
     if not target.exists():

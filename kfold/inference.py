@@ -30,7 +30,13 @@ def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:
     meta = read_json(run_dir / "run.json")
     if meta.get("kind", "run") != "run":
         raise KfError(f"{run_dir}: is an ensemble, not a run with checkpoints")
-    cfg = validate(TrainConfig(**meta["config"]), str(run_dir / "run.json"))
+    from .config import VALID_KEYS
+
+    config = meta.get("config") or {}
+    unknown = [k for k in config if k not in VALID_KEYS]
+    if unknown:
+        raise KfError(f"{run_dir / 'run.json'}: config key {unknown[0]!r} is unknown to this kf version; retrain or upgrade kf")
+    cfg = validate(TrainConfig(**config), str(run_dir / "run.json"))
     return meta, cfg
 
 

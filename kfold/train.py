@@ -14,7 +14,6 @@ an uninterrupted run's.
 """
 from __future__ import annotations
 
-import math
 import os
 import platform
 import shutil

@@ -305,3 +305,16 @@ def test_same_seed_same_data_gives_the_same_folds_ensemble_and_submission_bytes(
     assert [f for f in a if a[f] != b[f]] == []
     assert sub_a == sub_b
     assert read_json(small.root / "oof_one" / "ensemble" / "caruana+bias.json")["members"] == ["a", "b", "c"]
+
+
+def test_a_killed_cache_builds_temporary_is_removed_by_the_next_build(tmp_path):
+    from kfold.cache import remove_stale_temporaries
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    stale = tmp_path / f".96x96_10_abc.npy.{dead_pid}.tmp"
+    live = tmp_path / f".96x96_10_abc.npy.{os.getpid()}.tmp"
+    stale.write_bytes(b"x" * 10)
+    live.write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [stale]
+    assert not stale.exists() and live.exists()
