@@ -60,7 +60,11 @@ def ensemble_cmd(data, oof, method, bias, runs, name, tta):
     ens = Path(oof) / "ensemble"
     for f in report.fitted:
         click.echo(f"wrote {ens / f.name}.json and {ens / f.name}/{{oof.csv,test.csv,run.json}}")
-    click.echo(f"wrote {report.written[-1]}")
+    scores_csv = next(p for p in report.written if p.name.endswith("_scores.csv"))
+    click.echo(f"wrote {scores_csv}")
+    best = report.table.loc[report.table["nested_macro_f1"].idxmax()]
+    click.echo(f"best by nested macro F1: {best['name']} ({best['kind']}, nested {best['nested_macro_f1']:.4f}, "
+               f"in-sample {best['oof_macro_f1']:.4f}) -> {ens / 'best'}/; submit it with --from ensemble/best")
 
 
 def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str]:

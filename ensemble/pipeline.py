@@ -197,7 +197,44 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
     scores_csv = Path(oof_dir) / ENSEMBLE_DIR / f"{label}_scores.csv"
     write_csv(table, scores_csv, float_format="%.6f")
     written.append(scores_csv)
+    written += write_best(rs, fitted, table, oof_dir)
     return EnsembleReport(runs=rs, fitted=fitted, table=table, written=written)
+
+
+BEST = "best"
+
+
+def write_best(runs: RunSet, fitted: list[Fitted], table: pd.DataFrame, oof_dir: str | Path) -> list[Path]:
+    """Write ``<oof>/ensemble/best/``: the member or ensemble with the highest *nested* macro F1.
+
+    The in-sample OOF score rewards blends that overfit the OOF rows (bias
+    tuning above all), so the choice goes by the nested estimate; a single
+    run wins when no blend beats it honestly. The folder has a run's format
+    (``oof.csv``, ``test.csv``, ``run.json`` with ``chosen``), so
+    ``kf submit --from ensemble/best`` takes it.
+
+    Returns:
+        The paths written.
+    """
+    row = table.loc[table["nested_macro_f1"].idxmax()]
+    chosen = str(row["name"])
+    if row["kind"] == "run":
+        m = runs.names.index(chosen)
+        oof_p, test_p = runs.oof[m], runs.test[m]
+    else:
+        f = next(f for f in fitted if f.name == chosen)
+        oof_p, test_p = f.oof_proba, f.test_proba
+    out = Path(oof_dir) / ENSEMBLE_DIR / BEST
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "oof.csv", out / "test.csv", out / "run.json"]
+    paths[2].unlink(missing_ok=True)
+    write_probs_csv(paths[0], runs.keys[KEY_COLS].reset_index(drop=True), oof_p)
+    write_probs_csv(paths[1], pd.DataFrame({"ImageID": runs.test_ids}), test_p)
+    write_json({"name": f"{ENSEMBLE_DIR}/{BEST}", "kind": "ensemble", "chosen": chosen, "chosen_kind": row["kind"],
+                "members": runs.names, "folds_fingerprint": runs.folds_fingerprint, "k": runs.k,
+                "tta": {n: t for n, t in zip(runs.names, runs.tta)}, "oof_macro_f1": float(row["oof_macro_f1"]),
+                "nested_macro_f1": float(row["nested_macro_f1"]), "finished": True}, paths[2])
+    return paths
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -210,4 +247,4 @@ def format_table(table: pd.DataFrame) -> str:
                 + per_class.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-__all__ = ["EnsembleReport", "Fitted", "fit_method", "format_table", "member_rows", "run_ensemble", "write_outputs"]
+__all__ = ["EnsembleReport", "Fitted", "fit_method", "format_table", "member_rows", "run_ensemble", "write_best", "write_outputs"]

@@ -361,6 +361,28 @@ def test_cli_method_all_reports_every_method(oof, tmp_path):
         assert (oof / "ensemble" / f"{m}.json").is_file() and (oof / "ensemble" / m / "test.csv").is_file()
 
 
+def test_best_is_the_highest_nested_estimate_not_the_highest_in_sample_score(oof, tmp_path):
+    res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "all", "--bias")
+    assert res.exit_code == 0, res.output
+    scores = pd.read_csv(oof / "ensemble" / "all+bias_scores.csv")
+    want = scores.loc[scores["nested_macro_f1"].idxmax()]
+    meta = json.loads((oof / "ensemble" / "best" / "run.json").read_text())
+    assert meta["chosen"] == want["name"] and meta["kind"] == "ensemble" and meta["finished"] is True
+    assert f"best by nested macro F1: {want['name']}" in res.output
+    src = oof / want["name"] if want["kind"] == "run" else oof / "ensemble" / want["name"]
+    for name in ("oof.csv", "test.csv"):
+        np.testing.assert_allclose(pd.read_csv(oof / "ensemble" / "best" / name)[PROB_COLS].to_numpy(),
+                                   pd.read_csv(src / name)[PROB_COLS].to_numpy(), atol=1e-7)
+
+
+def test_a_single_run_is_best_when_no_blend_beats_it_honestly(tmp_path):
+    d = tmp_path / "oof"
+    write_synthetic_runs(d, n_people=40, n_runs=2, k=5, n_test=21, seed=3, strength=[3.0, 0.0])
+    res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft")
+    assert res.exit_code == 0, res.output
+    assert json.loads((d / "ensemble" / "best" / "run.json").read_text())["chosen"] == "run0"
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--runs", "run0,nope"], "nope"),
     (["--method", "all", "--name", "x"], "--name"),
