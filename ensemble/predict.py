@@ -17,6 +17,7 @@ from kfold.io import KfError, read_json
 from .methods import from_state
 from .runs import write_probs_csv
 
+
 def ensemble_json_path(run_dir: Path) -> Path:
     """``oof/ensemble/<name>.json`` of the ensemble folder ``oof/ensemble/<name>``."""
     return run_dir.parent / f"{run_dir.name}.json"
@@ -48,9 +49,12 @@ def predict_dir(run_dir: str | Path, images_dir: str | Path, tta: str | None = N
 
         ids, probs = predict_images(run_dir, images_dir, tta=tta or rj.get("tta") or "none", batch_size=batch_size)
         return list(ids), np.asarray(probs, dtype=np.float64)
+    oof_dir = run_dir.parent.parent  # members are named relative to the oof folder
+    if rj.get("chosen"):  # ensemble/best: a copy of the chosen run or blend
+        chosen = oof_dir / rj["chosen"] if rj.get("chosen_kind") == "run" else run_dir.parent / rj["chosen"]
+        return predict_dir(chosen, images_dir, tta=tta, batch_size=batch_size)
     doc = read_json(ensemble_json_path(run_dir))
     est = from_state(doc)
-    oof_dir = run_dir.parent.parent  # members are named relative to the oof folder
     ids0, probs = None, []
     for member in doc["members"]:
         ids, p = predict_dir(oof_dir / member, images_dir, tta=tta or _member_tta(doc, member), batch_size=batch_size)

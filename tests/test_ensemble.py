@@ -439,6 +439,15 @@ def test_predict_combines_members_like_the_ensemble_test_csv(method, oof, tmp_pa
     assert fake_inference == [("run0", "none"), ("run1", "none"), ("run2", "none")]
 
 
+def test_predict_of_ensemble_best_applies_the_chosen_blend(oof, tmp_path, fake_inference):
+    assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "all", "--bias").exit_code == 0
+    out = tmp_path / "pred.csv"
+    res = _invoke("predict", "ensemble/best", "--images", tmp_path, "--out", out, "--oof", oof)
+    assert res.exit_code == 0, res.output
+    got, want = pd.read_csv(out), pd.read_csv(oof / "ensemble" / "best" / "test.csv")
+    np.testing.assert_allclose(got[PROB_COLS].to_numpy(), want[PROB_COLS].to_numpy(), atol=1e-6)
+
+
 def test_predict_passes_the_requested_tta_to_every_member(oof, tmp_path, fake_inference):
     assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "soft").exit_code == 0
     res = _invoke("predict", "ensemble/soft", "--images", tmp_path, "--out", tmp_path / "p.csv", "--oof", oof, "--tta", "d4")
