@@ -483,23 +483,26 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
     else:
         preflight(cfgs, data, oof_dir, caches=force)  # before a run folder is written (or, with --force, deleted)
     run_dirs = [prepare_run(c, data, oof_dir, force) for c in cfgs]
-    jobs = [(cfg, f, run_dir) for cfg, run_dir in zip(cfgs, run_dirs) for f in folds]
-    if executor == "ray":
-        from .executors import run_on_ray
-
-        run_on_ray(jobs, data, oof_dir, echo=echo, address=address)
-    else:
-        for cfg, f, run_dir in jobs:
-            run_fold(cfg, f, run_dir, data, oof_dir, echo, progress)
-    results = []
-    for cfg, run_dir in zip(cfgs, run_dirs):
+    def summarise(cfg: TrainConfig, run_dir: Path) -> dict:
         meta = assemble_run(cfg, run_dir, data)
         if meta["finished"]:
             echo(f"{cfg.name}: OOF macro F1 {meta['oof_macro_f1']:.4f}, accuracy {meta['oof_accuracy']:.4f} over {k} folds "
                  f"({meta['seconds'] / 60:.1f} min) -> {run_dir / 'oof.csv'}, {run_dir / 'test.csv'}")
         else:
             echo(f"{cfg.name}: folds done {sorted(int(f) for f in meta['folds'])} of {k}; oof.csv/test.csv come when all are done")
-        results.append(meta)
+        return meta
+
+    if executor == "ray":
+        from .executors import run_on_ray
+
+        run_on_ray([(cfg, f, run_dir) for cfg, run_dir in zip(cfgs, run_dirs) for f in folds], data, oof_dir,
+                   echo=echo, address=address)
+        return [summarise(cfg, run_dir) for cfg, run_dir in zip(cfgs, run_dirs)]
+    results = []
+    for cfg, run_dir in zip(cfgs, run_dirs):  # each run's oof.csv/test.csv as soon as its folds are done
+        for f in folds:
+            run_fold(cfg, f, run_dir, data, oof_dir, echo, progress)
+        results.append(summarise(cfg, run_dir))
     return results
 
 
