@@ -114,7 +114,7 @@ def measure(ctx: Context, name: str, root, n_epochs: int) -> list[Row]:
             Stat(ips(kf_t), "img/s", 0), Stat(ips(best_t), "img/s", 0), best_name, Stat(ratios(best_t, kf_t), "x", 1),
             "≥ 5× faster", lambda x: x >= 5),
         Row("1 feeding", f"{label}: baseline with 0 vs 2 DataLoader workers (img/s)",
-            Stat(ips(b0_t), "img/s", 0), Stat(ips(b2_t), "img/s", 0), "2 workers", Stat(ratios(b2_t, b0_t), "x", 2),
+            Stat(ips(b0_t), "img/s", 0), Stat(ips(b2_t), "img/s", 0), "2 workers", Stat(ratios(b0_t, b2_t), "x", 2),
             note="ratio = 2-worker speed-up of the baseline"),
         Row("1 feeding", f"{label}: cache build, once (joblib threads, {os.cpu_count()} cores)",
             Stat(builds, "s", 2), Stat([n / b for b in builds], "img/s", 0), "build speed", None,

@@ -51,8 +51,9 @@ class Stat:
 class Row:
     """One line of the results table.
 
-    ``ratio`` is per repeat; ``goal`` is a predicate on its median (or on
-    ``kf``'s median when there is no ratio), ``goal_text`` says it in words.
+    ``ratio`` is per repeat; ``goal`` is a predicate on the median of
+    ``goal_on`` (``"ratio"``, or ``"kf"``: kf's own value; default: the ratio
+    when there is one), ``goal_text`` says it in words.
     """
 
     group: str
@@ -64,12 +65,14 @@ class Row:
     goal_text: str = ""
     goal: Callable[[float], bool] | None = None
     note: str = ""
+    goal_on: str = ""
 
     @property
     def met(self) -> bool | None:
         if self.goal is None:
             return None
-        target = self.ratio if self.ratio is not None else self.kf
+        on = self.goal_on or ("ratio" if self.ratio is not None else "kf")
+        target = self.ratio if on == "ratio" else self.kf
         return bool(self.goal(target.median)) if target is not None else None
 
 

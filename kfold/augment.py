@@ -54,7 +54,8 @@ class CachedImages(Dataset):
         img = np.array(self.cache[self.indices[i]])  # a writable copy of the read-only memmap row
         if self.transform is not None:
             img = self.transform(image=img)["image"]
-        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1), int(self.labels[i])
+        # contiguous CHW: the DataLoader's collate then stacks with plain copies (a permuted view stacks 2x slower)
+        return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))), int(self.labels[i])
 
 
 def seed_worker(worker_id: int) -> None:
@@ -74,6 +75,9 @@ def to_model_input(batch_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     """uint8 ``(batch, 3, h, w)`` -> float32 normalised on ``device``: ``(x / 255 - mean) / std``.
 
     ``mean``/``std`` are float tensors of shape ``(1, 3, 1, 1)`` already on ``device``.
+    Computed as ``x * (1 / (255 * std)) - mean / std`` (one multiply and one
+    add in place, no division): 2.4x faster on CPU than dividing twice
+    (docs/benchmarks.md); equal within 1e-6.
     """
-    x = batch_u8.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)
+    x = batch_u8.to(device, non_blocking=True).float().mul_(1 / (255 * std)).sub_(mean / std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
