@@ -138,7 +138,9 @@ def image_files(root: str | Path, images: pd.DataFrame, eval_images: pd.DataFram
         DataFrame ``split`` (train/eval), ``image``, ``extension`` (as on disk,
         e.g. ``.JPG``), ``width``, ``height`` (pixels, -1 when unreadable),
         ``mode`` (PIL mode, e.g. RGB, RGBA, L; ``unreadable`` when PIL cannot
-        identify the file).
+        read the header: PIL raises ``UnidentifiedImageError``, ``OSError``,
+        ``SyntaxError`` or ``ValueError`` on damaged files, as the reader of
+        ``kfold.cache`` catches them).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -150,7 +152,7 @@ def image_files(root: str | Path, images: pd.DataFrame, eval_images: pd.DataFram
             try:
                 with Image.open(root / rel) as im:
                     (w, h), mode = im.size, im.mode
-            except (UnidentifiedImageError, OSError):
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 w, h, mode = -1, -1, "unreadable"
             rows.append((split, rel, Path(rel).suffix, w, h, mode))
     return pd.DataFrame(rows, columns=["split", "image", "extension", "width", "height", "mode"])
@@ -274,9 +276,10 @@ def eda_tables(root: str | Path, age_cuts: Sequence[float] = L.DEFAULT_AGE_CUTS,
                         .sort_values(["split", "files"], ascending=[False, False], kind="stable").reset_index(drop=True))
     t["junk"] = junk
     t["corrections"] = corr
-    unreadable = int((files["mode"] == "unreadable").sum())
-    if unreadable:
-        notes.append(f"{unreadable} image(s) PIL cannot read (mode 'unreadable' in image_sizes.csv)")
+    bad = files.loc[files["mode"] == "unreadable", "image"].tolist()
+    if bad:
+        shown = ", ".join(str(root / b) for b in bad[:3]) + (f", ... ({len(bad) - 3} more)" if len(bad) > 3 else "")
+        notes.append(f"{len(bad)} image(s) PIL cannot read (kf train will stop on them; fix or remove them): {shown}")
     return EdaResult(tables=t, people=people, images=images, age_cuts=age_cuts, notes=notes)
 
 

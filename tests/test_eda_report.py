@@ -159,6 +159,22 @@ def test_eda_on_a_missing_data_folder_is_one_error_line(tmp_path):
     assert not (tmp_path / "eda").exists()
 
 
+def test_eda_names_images_pil_cannot_read_instead_of_a_traceback(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    images, _ = read_train(data)
+    bad = [data / images["image"].iloc[3], data / images["image"].iloc[10]]
+    bad[0].write_bytes(b"\x01\xda" + bytes(510))  # SGI magic: PIL raises ValueError, not OSError
+    bad[1].write_bytes(b"not an image")  # PIL raises UnidentifiedImageError
+    res = invoke("eda", "--data", data, "--out", tmp_path / "eda")
+    assert res.exit_code == 0, res.output
+    assert "Traceback" not in res.output
+    note = next(line for line in res.output.splitlines() if "PIL cannot read" in line)
+    assert note.startswith("note: 2 image(s)") and str(bad[0]) in note and str(bad[1]) in note
+    sizes = table(tmp_path / "eda", "image_sizes")
+    assert int(sizes.loc[sizes["mode"] == "unreadable", "files"].sum()) == 2
+
+
 # --------------------------------------------------------------------------- kf report, hand-made oof.csv
 
 #            y     pred  confidence (probability of pred; the rest spread evenly)
@@ -172,13 +188,13 @@ def hand_probs(pred: int, conf: float) -> np.ndarray:
     return p
 
 
-def make_run(oof_dir: Path, name: str, keys: pd.DataFrame, probs: np.ndarray, kind: str = "run") -> Path:
+def make_run(oof_dir: Path, name: str, keys: pd.DataFrame, probs: np.ndarray, kind: str = "run", **extra) -> Path:
     d = oof_dir / name
     d.mkdir(parents=True)
     df = pd.concat([keys.reset_index(drop=True), pd.DataFrame(probs, columns=PROB_COLS)], axis=1)
     df.to_csv(d / "oof.csv", index=False)
     (d / "run.json").write_text(json.dumps({"name": name, "kind": kind, "k": 2, "finished": True,
-                                            "data": {"age_cuts": [30.0, 60.0]}}))
+                                            "data": {"age_cuts": [30.0, 60.0]}, **extra}))
     return d
 
 
@@ -266,7 +282,7 @@ def trained(tiny_data, tmp_path_factory):
     oof = tmp / "oof"
     train_runs([cfg], load_data(tiny_data, oof, k=2, seed=0), oof, echo=lambda s: None, progress=False)
     keys, probs = read_oof(oof / "tiny" / "oof.csv")
-    make_run(oof / "ensemble", "copy", keys, probs[:, ::-1] * 0.5 + probs * 0.5, kind="ensemble")
+    make_run(oof / "ensemble", "copy", keys, probs[:, ::-1] * 0.5 + probs * 0.5, kind="ensemble", nested_macro_f1=0.0123)
     res = invoke("report", "--oof", oof, "--data", tiny_data, "--top", "12")
     assert res.exit_code == 0, res.output
     return oof, res.output
@@ -305,6 +321,10 @@ def test_report_without_names_covers_runs_and_ensembles_and_writes_valid_pngs(tr
     oof, output = trained
     comp = pd.read_csv(oof / "report" / "comparison.csv")
     assert list(comp["name"]) == ["tiny", "ensemble/copy"] and list(comp["kind"]) == ["run", "ensemble"]
+    # the honest column: an ensemble's recorded nested estimate, a run's per-fold mean
+    per_fold = pd.read_csv(oof / "report" / "tiny" / "per_fold.csv")
+    assert list(comp["nested_macro_f1"]) == pytest.approx([per_fold["macro_f1"].mean(), 0.0123], abs=1e-9)
+    assert "nested_macro_f1" in output.splitlines()[0] and "0.0123" in output
     rep = oof / "report"
     pngs = [rep / "per_class_f1.png"] + [rep / n / f for n in ("tiny", "ensemble/copy")
                                          for f in ("confusion.png", "confusion_tasks.png", "misclassified.png")]
