@@ -19,7 +19,7 @@ TTA_CHOICES = ("none", "hflip", "flip", "d4")
                    "stacking (logistic regression), or all of them.")
 @click.option("--bias", is_flag=True, help="Also tune per-class biases on log-probabilities for OOF macro F1 (writes <name>+bias).")
 @click.option("--runs", default=None, metavar="A,B",
-              help="Runs to blend, names under --oof (e.g. effb0,mnv3 or ensemble/caruana). Default: every finished run.")
+              help="Runs to blend, names under --oof (e.g. effb0,mnv3; runs, not ensembles). Default: every finished run.")
 @click.option("--name", default=None, help="Output name instead of the method's (one method only).")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
               help="Re-predict each member's OOF and test sets from its fold checkpoints with this TTA "
@@ -64,7 +64,15 @@ def ensemble_cmd(data, oof, method, bias, runs, name, tta):
     click.echo(f"wrote {scores_csv}")
     best = report.table.loc[report.table["nested_macro_f1"].idxmax()]
     click.echo(f"best by nested macro F1: {best['name']} ({best['kind']}, nested {best['nested_macro_f1']:.4f}, "
-               f"in-sample {best['oof_macro_f1']:.4f}) -> {ens / 'best'}/; submit it with --from ensemble/best")
+               f"in-sample {best['oof_macro_f1']:.4f})")
+    if any(p.parent.name == "best" for p in report.written):
+        click.echo(f"wrote {ens / 'best'}/ (submit it with --from ensemble/best)")
+    else:
+        from kfold.io import read_json
+
+        kept = read_json(ens / "best" / "run.json")
+        click.echo(f"kept {ens / 'best'}/: {kept['chosen']} of {','.join(kept['members'])} from an earlier call has a higher "
+                   f"nested macro F1 ({kept['nested_macro_f1']:.4f}); delete that folder to replace it")
 
 
 def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str]:
@@ -97,9 +105,10 @@ def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output CSV: ImageID,prob_0..prob_17.")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
               help="Test-time augmentation for every run. Default: each run's own, from its run.json.")
-@click.option("--batch-size", default=64, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Inputs per forward pass, TTA views included.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never done otherwise).")
 @oof_option
-def predict_cmd(run_or_ensemble, images, out, tta, batch_size, oof):
+def predict_cmd(run_or_ensemble, images, out, tta, batch_size, overwrite, oof):
     """Apply a run or an ensemble (RUN_OR_ENSEMBLE, a name under --oof) to a folder of images.
 
     \b
@@ -112,7 +121,7 @@ def predict_cmd(run_or_ensemble, images, out, tta, batch_size, oof):
     from .predict import predict_dir, write_predictions
     from .runs import resolve_run_dir
 
-    check_writable(out)
+    check_writable(out, overwrite=overwrite)  # before the work: an existing file is never replaced without --overwrite
     run_dir = resolve_run_dir(run_or_ensemble, oof)
     ids, probs = predict_dir(run_dir, images, tta=tta, batch_size=batch_size)
     write_predictions(ids, probs, out)

@@ -102,6 +102,18 @@ def member_rows(runs: RunSet) -> list[dict]:
             for m, name in enumerate(runs.names)]
 
 
+def ensemble_doc(fit: Fitted, runs: RunSet, rows: list[dict]) -> dict:
+    """The content of ``<oof>/ensemble/<name>.json`` for ``fit`` (docs/ensemble.md lists the fields)."""
+    state = to_state(fit.estimator)
+    own = next(r for r in rows if r["name"] == fit.name)
+    return {"name": fit.name, **{k: state[k] for k in ("method", "bias")}, "members": runs.names,
+            "weights": state["weights"], "biases": state["biases"], "tta": dict(zip(runs.names, runs.tta)),
+            "folds_fingerprint": runs.folds_fingerprint, "k": runs.k,
+            "oof_macro_f1": own["oof_macro_f1"], "nested_macro_f1": own["nested_macro_f1"],
+            "params": state["params"], "bias_params": state["bias_params"], "fitted": state["fitted"],
+            "scores": [r for r in rows if r["kind"] == "run"] + [own], "versions": _versions()}
+
+
 def write_outputs(fit: Fitted, runs: RunSet, oof_dir: str | Path, rows: list[dict]) -> list[Path]:
     """Write ``<oof>/ensemble/<name>.json`` and ``<name>/{oof.csv,test.csv,run.json}`` atomically.
 
@@ -114,19 +126,11 @@ def write_outputs(fit: Fitted, runs: RunSet, oof_dir: str | Path, rows: list[dic
     ens_dir = Path(oof_dir) / ENSEMBLE_DIR
     out_dir = ens_dir / fit.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = to_state(fit.estimator)
-    own = next(r for r in rows if r["name"] == fit.name)
-    tta = {n: t for n, t in zip(runs.names, runs.tta)}
-    doc = {"name": fit.name, **{k: state[k] for k in ("method", "bias")}, "members": runs.names,
-           "weights": state["weights"], "biases": state["biases"], "tta": tta,
-           "folds_fingerprint": runs.folds_fingerprint, "k": runs.k,
-           "oof_macro_f1": own["oof_macro_f1"], "nested_macro_f1": own["nested_macro_f1"],
-           "params": state["params"], "bias_params": state["bias_params"], "fitted": state["fitted"],
-           "scores": [r for r in rows if r["kind"] == "run"] + [own], "versions": _versions()}
-    run_json = {"name": f"{ENSEMBLE_DIR}/{fit.name}", "kind": "ensemble", "method": state["method"], "bias": state["bias"],
+    doc = ensemble_doc(fit, runs, rows)
+    run_json = {"name": f"{ENSEMBLE_DIR}/{fit.name}", "kind": "ensemble", "method": doc["method"], "bias": doc["bias"],
                 "members": runs.names, "ensemble_json": f"../{fit.name}.json", "folds_fingerprint": runs.folds_fingerprint,
-                "k": runs.k, "tta": tta, "oof_macro_f1": own["oof_macro_f1"],
-                "nested_macro_f1": own["nested_macro_f1"], "finished": True}
+                "k": runs.k, "tta": doc["tta"], "oof_macro_f1": doc["oof_macro_f1"],
+                "nested_macro_f1": doc["nested_macro_f1"], "finished": True}
     paths = [out_dir / "oof.csv", out_dir / "test.csv", ens_dir / f"{fit.name}.json", out_dir / "run.json"]
     paths[3].unlink(missing_ok=True)  # while rewriting, the folder is not a finished run
     write_probs_csv(paths[0], runs.keys[KEY_COLS].reset_index(drop=True), fit.oof_proba)
@@ -163,8 +167,10 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
         fitted variant (see :func:`ensemble.evaluate.score_row`).
 
     Raises:
-        KfError: bad input (see :func:`ensemble.runs.load_runs`), unknown
-            method, ``name`` with ``method="all"``, a bad name, or
+        KfError: bad input (see :func:`ensemble.runs.load_runs`), an
+            ensemble among the runs (its OOF probabilities were fitted on all
+            OOF rows, so blending it again would score an in-sample fit as
+            held-out), unknown method, ``name`` with ``method="all"``, a bad name, or
             ``stacking`` with fewer than 3 folds (``all`` then skips it
             with a warning).
     """
@@ -175,6 +181,11 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
     if name is not None:
         ensemble_name(name, bias)  # validate before the work
     rs = load_runs(oof_dir, runs, info_csv=info_csv)
+    for n, kind, mem in zip(rs.names, rs.kinds, rs.members):
+        if kind == "ensemble":
+            raise KfError(f"--runs: {n} is an ensemble (of {', '.join(mem) or 'unknown members'}); its OOF probabilities "
+                          "were fitted on every OOF row, so blending it again would score an in-sample fit as held-out: "
+                          f"blend its members instead (--runs {','.join(mem) or 'RUN,RUN'})")
     if rs.folds.min() == rs.folds.max():
         raise KfError(f"{Path(oof_dir) / 'folds.json'}: a single fold; the nested estimate needs K >= 2")
     methods = list(METHODS) if method == "all" else [method]
@@ -197,26 +208,62 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
     scores_csv = Path(oof_dir) / ENSEMBLE_DIR / f"{label}_scores.csv"
     write_csv(table, scores_csv, float_format="%.6f")
     written.append(scores_csv)
-    written += write_best(rs, fitted, table, oof_dir)
+    written += write_best(rs, fitted, rows, oof_dir)
     return EnsembleReport(runs=rs, fitted=fitted, table=table, written=written)
 
 
 BEST = "best"
 
 
-def write_best(runs: RunSet, fitted: list[Fitted], table: pd.DataFrame, oof_dir: str | Path) -> list[Path]:
-    """Write ``<oof>/ensemble/best/``: the member or ensemble with the highest *nested* macro F1.
+def previous_best(oof_dir: str | Path, folds_fingerprint: str) -> dict | None:
+    """The ``run.json`` of ``<oof>/ensemble/best/`` when it is comparable with a new call, else None.
+
+    Comparable means finished and made on the same folds and labels (same
+    ``folds_fingerprint``): nested macro F1 is then computed on the same
+    held-out rows, whatever the members.
+    """
+    from kfold.io import read_json
+
+    path = Path(oof_dir) / ENSEMBLE_DIR / BEST / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        meta = read_json(path)
+        float(meta["nested_macro_f1"])
+    except (KfError, KeyError, TypeError, ValueError):
+        log.warning("%s: unreadable, replaced", path)
+        return None
+    if meta.get("finished") is not True or meta.get("folds_fingerprint") != folds_fingerprint:
+        return None
+    return meta
+
+
+def write_best(runs: RunSet, fitted: list[Fitted], rows: list[dict], oof_dir: str | Path) -> list[Path]:
+    """Write ``<oof>/ensemble/best/``: the member or ensemble with the highest *nested* macro F1 so far.
 
     The in-sample OOF score rewards blends that overfit the OOF rows (bias
     tuning above all), so the choice goes by the nested estimate; a single
-    run wins when no blend beats it honestly. The folder has a run's format
-    (``oof.csv``, ``test.csv``, ``run.json`` with ``chosen``), so
-    ``kf submit --from ensemble/best`` takes it.
+    run wins when no blend beats it honestly. An existing ``best`` made on the
+    same folds (:func:`previous_best`) with a higher nested score than
+    everything in this call is kept, so a later call on fewer or weaker runs
+    does not replace it; delete the folder to start over. The folder has a
+    run's format (``oof.csv``, ``test.csv``, ``run.json`` with ``chosen``,
+    ``chosen_kind``, ``members``), so ``kf submit --from ensemble/best`` takes
+    it; a chosen blend's fitted state is copied into ``ensemble.json`` (as
+    ``<name>.json``), so ``kf predict ensemble/best`` applies it even after a
+    later call rewrites ``ensemble/<name>``.
+
+    Args:
+        rows: the score rows of the call (:func:`member_rows` and one per fitted variant).
 
     Returns:
-        The paths written.
+        The paths written; ``[]`` when the previous ``best`` was kept.
     """
+    table = pd.DataFrame(rows)
     row = table.loc[table["nested_macro_f1"].idxmax()]
+    prev = previous_best(oof_dir, runs.folds_fingerprint)
+    if prev is not None and float(prev["nested_macro_f1"]) > float(row["nested_macro_f1"]):
+        return []
     chosen = str(row["name"])
     if row["kind"] == "run":
         m = runs.names.index(chosen)
@@ -228,12 +275,16 @@ def write_best(runs: RunSet, fitted: list[Fitted], table: pd.DataFrame, oof_dir:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "oof.csv", out / "test.csv", out / "run.json"]
     paths[2].unlink(missing_ok=True)
+    (out / "ensemble.json").unlink(missing_ok=True)
     write_probs_csv(paths[0], runs.keys[KEY_COLS].reset_index(drop=True), oof_p)
     write_probs_csv(paths[1], pd.DataFrame({"ImageID": runs.test_ids}), test_p)
+    if row["kind"] != "run":
+        write_json(ensemble_doc(f, runs, rows), out / "ensemble.json")
+        paths.insert(2, out / "ensemble.json")
     write_json({"name": f"{ENSEMBLE_DIR}/{BEST}", "kind": "ensemble", "chosen": chosen, "chosen_kind": row["kind"],
                 "members": runs.names, "folds_fingerprint": runs.folds_fingerprint, "k": runs.k,
                 "tta": {n: t for n, t in zip(runs.names, runs.tta)}, "oof_macro_f1": float(row["oof_macro_f1"]),
-                "nested_macro_f1": float(row["nested_macro_f1"]), "finished": True}, paths[2])
+                "nested_macro_f1": float(row["nested_macro_f1"]), "finished": True}, paths[-1])
     return paths
 
 
@@ -247,4 +298,5 @@ def format_table(table: pd.DataFrame) -> str:
                 + per_class.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-__all__ = ["EnsembleReport", "Fitted", "fit_method", "format_table", "member_rows", "run_ensemble", "write_best", "write_outputs"]
+__all__ = ["EnsembleReport", "Fitted", "ensemble_doc", "fit_method", "format_table", "member_rows", "previous_best", "run_ensemble", "write_best",
+           "write_outputs"]

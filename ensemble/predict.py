@@ -32,7 +32,7 @@ def predict_dir(run_dir: str | Path, images_dir: str | Path, tta: str | None = N
         images_dir: folder of images.
         tta: ``none``, ``hflip``, ``flip`` or ``d4`` for every run; None uses
             each run's own ``tta`` from its ``run.json``.
-        batch_size: images per forward pass.
+        batch_size: inputs per forward pass, TTA views included.
 
     Returns:
         ``(image_ids, probs)``: ImageIDs (file names) and ``(n_images, 18)``
@@ -50,10 +50,10 @@ def predict_dir(run_dir: str | Path, images_dir: str | Path, tta: str | None = N
         ids, probs = predict_images(run_dir, images_dir, tta=tta or rj.get("tta") or "none", batch_size=batch_size)
         return list(ids), np.asarray(probs, dtype=np.float64)
     oof_dir = run_dir.parent.parent  # members are named relative to the oof folder
-    if rj.get("chosen"):  # ensemble/best: a copy of the chosen run or blend
-        chosen = oof_dir / rj["chosen"] if rj.get("chosen_kind") == "run" else run_dir.parent / rj["chosen"]
-        return predict_dir(chosen, images_dir, tta=tta, batch_size=batch_size)
-    doc = read_json(ensemble_json_path(run_dir))
+    if rj.get("chosen") and rj.get("chosen_kind") == "run":  # ensemble/best holding a single run
+        return predict_dir(oof_dir / rj["chosen"], images_dir, tta=tta, batch_size=batch_size)
+    # ensemble/best keeps its own copy of the chosen blend's state: ensemble/<name> may have been rewritten since
+    doc = read_json(run_dir / "ensemble.json" if rj.get("chosen") else ensemble_json_path(run_dir))
     est = from_state(doc)
     ids0, probs = None, []
     for member in doc["members"]:

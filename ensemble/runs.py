@@ -10,7 +10,9 @@ naming the file and the row (``row N`` is the line number, the header being
 line 1), as ``kfold.data`` does.
 
 An ensemble written by ``kf ensemble`` (``oof/ensemble/<name>/``) has the
-same files, so it can be loaded as a member too (``--runs ensemble/caruana``).
+same files, so it loads like a run (``kind`` tells them apart); ``kf ensemble``
+refuses it as a member, because its OOF probabilities were fitted on every
+OOF row and no longer are held-out predictions.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ class RunSet:
         test_ids: ``(n_test,)`` ImageIDs in info.csv order.
         test: ``(n_runs, n_test, 18)`` float64 test probabilities.
         tta: per run, the ``tta`` recorded in its ``run.json`` (a dict for an ensemble).
+        kinds: per run, ``run`` or ``ensemble`` (``kind`` in its ``run.json``).
+        members: per run, the members of an ensemble, ``[]`` for a run.
         folds_fingerprint: of ``oof/folds.json``; equal in every run.
         k: number of folds.
         skipped: unfinished runs left out when the runs were discovered.
@@ -62,6 +66,8 @@ class RunSet:
     folds_fingerprint: str
     k: int
     skipped: list[str] = field(default_factory=list)
+    kinds: list[str] = field(default_factory=list)
+    members: list[list[str]] = field(default_factory=list)
 
     @property
     def y(self) -> np.ndarray:
@@ -232,7 +238,7 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
     if (oof_dir / FOLDS_CSV).is_file():
         ref_keys, ref_name = load_folds(oof_dir)[KEY_COLS], oof_dir / FOLDS_CSV
 
-    dirs, oofs, tests, ttas = [], [], [], []
+    dirs, oofs, tests, ttas, kinds, members = [], [], [], [], [], []
     ref_ids, ref_test_name = None, None
     if info_csv is not None and Path(info_csv).is_file():
         ref_ids = read_csv(info_csv, required=["ImageID"], dtype=str, keep_default_na=False)["ImageID"].str.strip().to_numpy()
@@ -275,12 +281,14 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
         oofs.append(probs)
         tests.append(tprobs)
         ttas.append(rj.get("tta"))
+        kinds.append("ensemble" if rj.get("kind") == "ensemble" else "run")
+        members.append(list(rj.get("members") or []))
     keys = ref_keys.reset_index(drop=True).copy()
     keys["fold"] = keys["fold"].astype(np.int64)
     keys["label"] = keys["label"].astype(np.int64)
     return RunSet(names=list(runs), dirs=dirs, keys=keys, oof=np.stack(oofs), test_ids=np.asarray(ref_ids),
                   test=np.stack(tests), tta=ttas, folds_fingerprint=fp,
-                  k=int(meta.get("k") or keys["fold"].nunique()), skipped=skipped)
+                  k=int(meta.get("k") or keys["fold"].nunique()), skipped=skipped, kinds=kinds, members=members)
 
 
 def write_probs_csv(path: str | Path, head: pd.DataFrame, probs: np.ndarray, float_format: str = "%.8g") -> None:

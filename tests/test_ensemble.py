@@ -383,6 +383,52 @@ def test_a_single_run_is_best_when_no_blend_beats_it_honestly(tmp_path):
     assert json.loads((d / "ensemble" / "best" / "run.json").read_text())["chosen"] == "run0"
 
 
+def test_a_later_weaker_call_keeps_best_and_a_stronger_one_replaces_it(tmp_path):
+    d = tmp_path / "oof"
+    write_synthetic_runs(d, n_people=40, n_runs=3, k=5, n_test=21, seed=3, strength=[3.0, 0.5, 0.0])
+    best = d / "ensemble" / "best"
+    assert _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run0,run1").exit_code == 0
+    first = {n: (best / n).read_bytes() for n in ("oof.csv", "test.csv", "run.json")}
+    meta = json.loads(first["run.json"])
+    assert meta["members"] == ["run0", "run1"]
+    res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run1,run2")
+    assert res.exit_code == 0, res.output
+    weaker = pd.read_csv(d / "ensemble" / "soft_scores.csv")["nested_macro_f1"].max()
+    assert weaker < meta["nested_macro_f1"]
+    assert {n: (best / n).read_bytes() for n in first} == first
+    assert f"kept {best}/: {meta['chosen']} of run0,run1" in res.output
+    # a call whose best is higher replaces it: run2 becomes a near-perfect run
+    df = pd.read_csv(d / "run2" / "oof.csv")
+    df[PROB_COLS] = np.where(np.arange(18) == df["label"].to_numpy()[:, None], 0.83, 0.01)
+    df.to_csv(d / "run2" / "oof.csv", index=False)
+    res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run1,run2")
+    assert res.exit_code == 0, res.output
+    new = json.loads((best / "run.json").read_text())
+    run2 = pd.read_csv(d / "ensemble" / "soft_scores.csv").set_index("name").loc["run2", "nested_macro_f1"]
+    assert run2 > meta["nested_macro_f1"]  # a fold's macro F1 < 1 only because it lacks some of the 18 classes
+    assert new["chosen"] == "run2" and new["nested_macro_f1"] == pytest.approx(run2) and f"wrote {best}/" in res.output
+    # other folds: the old best is not comparable and is replaced
+    rj = json.loads((best / "run.json").read_text())
+    rj["folds_fingerprint"] = "0" * 32
+    rj["nested_macro_f1"] = 1.0
+    (best / "run.json").write_text(json.dumps(rj))
+    res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run0,run1")
+    assert res.exit_code == 0, res.output
+    assert json.loads((best / "run.json").read_text())["members"] == ["run0", "run1"]
+
+
+def test_an_ensemble_is_refused_as_a_member_and_nothing_is_written(oof, tmp_path):
+    assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "soft").exit_code == 0
+    before = {p: p.read_bytes() for p in (oof / "ensemble").rglob("*") if p.is_file()}
+    for member in ("ensemble/soft", "ensemble/best"):
+        res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "caruana", "--runs", f"run0,{member}")
+        assert res.exit_code == 2
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --runs: {member} is an ensemble (of run0, run1, run2)")
+        assert "--runs run0,run1,run2" in lines[0]
+    assert {p: p.read_bytes() for p in (oof / "ensemble").rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--runs", "run0,nope"], "nope"),
     (["--method", "all", "--name", "x"], "--name"),
@@ -446,6 +492,33 @@ def test_predict_of_ensemble_best_applies_the_chosen_blend(oof, tmp_path, fake_i
     assert res.exit_code == 0, res.output
     got, want = pd.read_csv(out), pd.read_csv(oof / "ensemble" / "best" / "test.csv")
     np.testing.assert_allclose(got[PROB_COLS].to_numpy(), want[PROB_COLS].to_numpy(), atol=1e-6)
+
+
+def test_predict_of_a_kept_best_applies_its_own_blend_after_ensemble_name_is_rewritten(tmp_path, fake_inference):
+    oof = tmp_path / "oof"
+    write_synthetic_runs(oof, n_people=40, n_runs=3, k=5, n_test=21, seed=3, strength=[1.0, 1.0, 1.0])
+    assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "weights").exit_code == 0
+    best = oof / "ensemble" / "best"
+    meta = json.loads((best / "run.json").read_text())
+    assert meta["chosen"] == "weights" and (best / "ensemble.json").is_file()  # a blend of 3 equal runs beats each
+    res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "weights", "--runs", "run0,run1")
+    assert res.exit_code == 0 and "kept" in res.output  # ensemble/weights now blends run0,run1; best keeps run0..run2
+    assert json.loads((oof / "ensemble" / "weights.json").read_text())["members"] == ["run0", "run1"]
+    out = tmp_path / "pred.csv"
+    assert _invoke("predict", "ensemble/best", "--images", tmp_path, "--out", out, "--oof", oof).exit_code == 0
+    np.testing.assert_allclose(pd.read_csv(out)[PROB_COLS].to_numpy(),
+                               pd.read_csv(best / "test.csv")[PROB_COLS].to_numpy(), atol=1e-6)
+    assert [c[0] for c in fake_inference] == ["run0", "run1", "run2"]
+
+
+def test_predict_never_replaces_an_existing_file_without_overwrite(oof, tmp_path, fake_inference):
+    out = tmp_path / "pred.csv"
+    out.write_text("mine\n")
+    res = _invoke("predict", "run1", "--images", tmp_path, "--out", out, "--oof", oof)
+    assert res.exit_code == 2 and res.stderr.strip() == f"error: {out}: already exists (pass --overwrite to replace it)"
+    assert out.read_text() == "mine\n" and fake_inference == []  # refused before any prediction
+    assert _invoke("predict", "run1", "--images", tmp_path, "--out", out, "--oof", oof, "--overwrite").exit_code == 0
+    assert out.read_text().startswith("ImageID,prob_0")
 
 
 def test_predict_passes_the_requested_tta_to_every_member(oof, tmp_path, fake_inference):
