@@ -2,7 +2,9 @@
 
 Commands are imported lazily (click's documented LazyGroup pattern) so that
 ``kf --help`` does not import torch. A :class:`kfold.io.KfError` anywhere is
-printed as one ``error: ...`` line with exit status 2, without a traceback.
+printed as one ``error: ...`` line with exit status 2, without a traceback;
+so is a usage error (unknown option, bad ``--fold``), in place of click's
+four-line usage block. Ctrl-C exits with status 130 and says how to resume.
 """
 from __future__ import annotations
 
@@ -57,6 +59,28 @@ class LazyGroup(click.Group):
         except KfError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's ``main`` with one-line errors: ``error: <message> (see kf <command> --help)``."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else (prog_name or "kf")
+            click.echo(f"error: {e.format_message()} (see {where} --help)", err=True)
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo(INTERRUPTED, err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+INTERRUPTED = ("interrupted: files are written atomically, so none is left half-written; rerun the same command "
+               "(kf train skips finished folds and resumes an interrupted one from its last finished epoch)")
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -63,13 +63,22 @@ def folds_cmd(data, oof, age_cuts, corrections, k, folds_seed, force):
     click.echo(tab.to_string())
 
 
-def parse_folds(value: str) -> list[int] | None:
+def parse_folds(value: str, k: int) -> list[int] | None:
+    """``--fold``: None for ``all``, else the sorted fold numbers, each in ``0..k-1``.
+
+    Raises:
+        click.BadParameter: not ``all`` or integers, or a fold outside ``0..k-1``.
+    """
     if value == "all":
         return None
     try:
-        return sorted({int(v) for v in value.split(",")})
+        folds = sorted({int(v) for v in value.split(",")})
     except ValueError:
-        raise click.BadParameter("expected all, a fold number, or a list like 0,2") from None
+        raise click.BadParameter("expected all, a fold number, or a list like 0,2", param_hint="--fold") from None
+    bad = [f for f in folds if not 0 <= f < k]
+    if bad:
+        raise click.BadParameter(f"fold {bad[0]} does not exist with --k {k} (folds are 0..{k - 1})", param_hint="--fold")
+    return folds
 
 
 @click.command("train")
@@ -105,7 +114,7 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, ov
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise click.UsageError(f"two configs share a run name: {names}; give each a distinct name")
-    folds = parse_folds(fold)
+    folds = parse_folds(fold, k)  # before load_data writes folds.csv
     bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed)
     metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress,
                        executor=executor, address=address)

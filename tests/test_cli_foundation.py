@@ -42,6 +42,41 @@ def first_person(root: Path) -> str:
     return pd.read_csv(root / "train" / "train.csv", dtype=str)["path"].iloc[0]
 
 
+# --------------------------------------------------------------------------- usage errors, Ctrl-C
+
+@pytest.mark.parametrize("args, message", [
+    (["trian"], "error: No such command 'trian'. (see kf --help)"),
+    (["train", "--bogus"], "error: No such option '--bogus'. (see kf train --help)"),
+    (["train"], "error: Missing option '--config'. (see kf train --help)"),
+    (["ensemble", "--method", "nope"], "error: Invalid value for '--method': 'nope' is not one of 'all', 'soft', 'geo', "
+                                       "'weights', 'caruana', 'stacking'. (see kf ensemble --help)"),
+])
+def test_usage_errors_are_one_error_line_with_status_2(args, message):
+    r = invoke(*args)
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [message]
+
+
+def test_a_fold_outside_k_is_refused_before_folds_csv_is_written(data, tmp_path):
+    cfg = Path(__file__).parents[1] / "configs" / "lite0.yaml"
+    r = invoke("train", "--data", str(data), "--oof", str(tmp_path / "oof"), "--config", str(cfg), "--fold", "0,9")
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [
+        "error: Invalid value for --fold: fold 9 does not exist with --k 5 (folds are 0..4) (see kf train --help)"]
+    assert not (tmp_path / "oof").exists()
+
+
+def test_ctrl_c_exits_130_with_one_line_on_how_to_resume(data, tmp_path, monkeypatch):
+    import kfold.folds
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(kfold.folds, "ensure_folds", interrupted)
+    r = invoke("folds", "--data", str(data), "--oof", str(tmp_path / "oof"))
+    assert r.exit_code == 130 and "Aborted" not in r.output
+    assert r.output.strip().splitlines()[-1].startswith("interrupted: files are written atomically")
+
+
 # --------------------------------------------------------------------------- help
 
 def test_kf_help_lists_every_command():

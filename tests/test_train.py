@@ -157,8 +157,10 @@ def test_cli_train_prints_the_oof_macro_f1_table(tiny_data, tmp_path):
     assert res.exit_code == 0, res.output
     assert "OOF macro F1" in res.output and (tmp_path / "oof" / "cli" / "oof.csv").exists()
     bad = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--oof", str(tmp_path / "oof"), "--k", "2",
-                                    "--config", str(cfg), "--fold", "5"])
-    assert bad.exit_code == 2 and "--fold 5: folds are 0..1" in bad.output
+                                    "--config", str(cfg), "--fold", "5"], prog_name="kf")
+    assert bad.exit_code == 2
+    assert bad.output.strip().splitlines() == [
+        "error: Invalid value for --fold: fold 5 does not exist with --k 2 (folds are 0..1) (see kf train --help)"]
 
 
 def test_repredicting_from_checkpoints_with_the_same_tta_reproduces_oof_and_test(trained, tiny_data, tmp_path):
