@@ -61,11 +61,11 @@ class TrainConfig:
     ema_decay: float = 0.998
     early_stopping: int = 0         # patience in epochs on validation macro F1; 0 = off
     amp: str = "auto"               # auto | bf16 | fp16 | off  (CUDA only; off on CPU)
-    channels_last: str = "auto"     # auto (CUDA) | on | off
+    channels_last: str = "auto"     # auto (= on, CUDA and CPU) | on | off
     device: str = "auto"            # auto | cpu | cuda | cuda:N
     num_workers: Any = "auto"       # auto | int
     threads: Any = "auto"           # torch intra-op threads: auto | int
-    eval_batch_size: int = 128
+    eval_batch_size: int = 128      # inputs per inference forward pass, TTA views included
     seed: int = 42
 
     def to_dict(self) -> dict:

@@ -63,7 +63,7 @@ def _predict(model, images: np.ndarray, cfg: TrainConfig, device: torch.device, 
     from .tta import predict_array
 
     mean, std = normalisation(model)
-    cl = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    cl = cfg.channels_last != "off"  # auto = on (CUDA and CPU), as in training
     if cl:
         model.to(memory_format=torch.channels_last)
     return predict_array(model, images, mean, std, device, tta, cfg.eval_batch_size, amp_dtype(cfg, device), cl, indices)

@@ -77,7 +77,9 @@ def predict_array(model: torch.nn.Module, images: np.ndarray, mean, std, device:
     Args:
         mean, std: per-channel normalisation in 0..1 units (the model's pretrained config).
         tta: ``none``, ``hflip``, ``flip`` or ``d4`` (see :func:`tta_compose`).
-        batch_size: images per forward pass (each carries all its views).
+        batch_size: inputs per forward pass, TTA views included: ``batch_size // views``
+            images at a time (hflip, 128: 64 images x 2 views). On CPU a forward
+            pass of 2 x 128 ran 1.3x slower than two of 128 (docs/benchmarks.md).
         amp_dtype: ``torch.bfloat16``/``torch.float16`` autocast on CUDA, or None.
         indices: rows of ``images`` to predict (default: all).
 
@@ -91,9 +93,10 @@ def predict_array(model: torch.nn.Module, images: np.ndarray, mean, std, device:
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     idx = np.arange(len(images)) if indices is None else np.asarray(indices)
+    step = max(1, batch_size // (1 if compose is None else len(compose)))
     out = []
-    for start in range(0, len(idx), batch_size):
-        rows = idx[start:start + batch_size]
+    for start in range(0, len(idx), step):
+        rows = idx[start:start + step]
         batch = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2)
         if device.type == "cuda":
             batch = batch.pin_memory()
