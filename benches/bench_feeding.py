@@ -3,12 +3,15 @@
 kf: the uint8 cache (``kfold.cache.build_cache``) is built once; each epoch is
 then ``FoldTrainer._loader`` (albumentations of configs/lite0.yaml on the
 cached 96x96 arrays, DataLoader collate, kf train's auto workers) plus the
-batch normalisation ``to_model_input``: what the training loop receives.
+batch normalisation ``to_model_input`` in channels_last: what the training
+loop receives. A second kf row stops at NCHW batches, like the baseline.
 
 Baseline: PIL open + ``convert("RGB")`` + torchvision ``Resize((96, 96))``,
 ``ToTensor``, ``Normalize`` per image, every epoch, through a DataLoader
 (batch 32, shuffled), with 0 and with 2 workers; the faster of the two is the
-reference. The baseline does no augmentation, so it does less work than kf.
+reference. The baseline does no augmentation, so it does less work than kf;
+an extra row gives it kf's augmentation (torchvision flip, affine,
+brightness/contrast) with 2 workers.
 
 Data: the real set's 3,780 train images (200x200 JPEGs) when present, and
 ~300 generated 384x512 JPEGs (the competition's original size).
@@ -55,22 +58,23 @@ def baseline_epoch(ds, workers: int, seed: int) -> float:
     return time.perf_counter() - t
 
 
-def kf_epoch(trainer, epoch: int) -> float:
-    """Seconds for one pass of kf's training loader, to normalised float batches."""
+def kf_epoch(trainer, epoch: int, mean, std) -> float:
+    """Seconds for one pass of kf's training loader, to normalised float batches in the trainer's layout."""
     import torch
 
     from kfold.augment import to_model_input
 
-    m = torch.tensor(trainer.cfg_mean).view(1, 3, 1, 1)
-    s = torch.tensor(trainer.cfg_std).view(1, 3, 1, 1)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
     loader = trainer._loader(epoch)
     t = time.perf_counter()
     for xb, yb in loader:
-        to_model_input(xb, m, s, trainer.device)
+        to_model_input(loader.dataset.to_nchw(xb), m, s, trainer.device, trainer.channels_last)
     return time.perf_counter() - t
 
 
 def measure(ctx: Context, name: str, root, n_epochs: int) -> list[Row]:
+    import torch
     import torchvision.transforms as T
 
     from kfold.cache import build_cache
@@ -82,7 +86,7 @@ def measure(ctx: Context, name: str, root, n_epochs: int) -> list[Row]:
     n = len(paths)
     cfg = lite0_config()
     mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # lite0's pretrained normalisation
-    workers = resolve_workers(cfg, __import__("torch").device("cpu"))[1]
+    workers = resolve_workers(cfg, torch.device("cpu"))[1]
 
     builds = []
     for r in range(1 if ctx.quick else 2):
@@ -94,15 +98,23 @@ def measure(ctx: Context, name: str, root, n_epochs: int) -> list[Row]:
         ctx.shared["real96"] = (cache, labels)
 
     trainer = fold_trainer(cfg, cache, labels, 0, cache[:0], ctx.tmp / f"feed-{name}", workers)
-    trainer.cfg_mean, trainer.cfg_std = mean, std
+    nchw = fold_trainer(lite0_config(channels_last="off"), cache, labels, 0, cache[:0], ctx.tmp / f"feed-{name}-nchw", workers)
     tf = T.Compose([T.Resize(SIZE), T.ToTensor(), T.Normalize(mean, std)])
     ds = PilImages(paths, labels, tf)
-    kf_epoch(trainer, 99)  # warm-up (imports, first allocations); the file cache is warm after the build
-    kf_t, b0_t, b2_t = [], [], []
+    # the same augmentation as kf's (configs/lite0.yaml), in torchvision: an informative extra, not the goal's reference
+    tf_aug = T.Compose([T.Resize(SIZE), T.RandomHorizontalFlip(0.5),
+                        T.RandomApply([T.RandomAffine(10, translate=(0.06, 0.06), scale=(0.9, 1.1))], p=0.5),
+                        T.RandomApply([T.ColorJitter(brightness=0.2, contrast=0.2)], p=0.3), T.ToTensor(),
+                        T.Normalize(mean, std)])
+    ds_aug = PilImages(paths, labels, tf_aug)
+    kf_epoch(trainer, 99, mean, std)  # warm-up (imports, first allocations); the file cache is warm after the build
+    kf_t, nchw_t, b0_t, b2_t, aug_t = [], [], [], [], []
     for e in range(n_epochs):
-        kf_t.append(kf_epoch(trainer, e))
+        kf_t.append(kf_epoch(trainer, e, mean, std))
+        nchw_t.append(kf_epoch(nchw, e, mean, std))
         b0_t.append(baseline_epoch(ds, 0, e))
         b2_t.append(baseline_epoch(ds, 2, e))
+        aug_t.append(baseline_epoch(ds_aug, 2, e))
     best_t = b0_t if sorted(b0_t)[len(b0_t) // 2] <= sorted(b2_t)[len(b2_t) // 2] else b2_t
     best_name = "baseline, 0 workers" if best_t is b0_t else "baseline, 2 workers"
     ips = lambda ts: [n / t for t in ts]  # noqa: E731
@@ -110,9 +122,17 @@ def measure(ctx: Context, name: str, root, n_epochs: int) -> list[Row]:
              "synth": f"{n} generated 384x512 JPEGs"}[name]
     med_build = sorted(builds)[len(builds) // 2]
     rows = [
-        Row("1 feeding", f"{label}: epoch, kf cache + albumentations ({workers} workers) vs {best_name}",
+        Row("1 feeding", f"{label}: epoch, kf cache + albumentations ({workers} workers, channels_last batches) "
+                         f"vs {best_name}",
             Stat(ips(kf_t), "img/s", 0), Stat(ips(best_t), "img/s", 0), best_name, Stat(ratios(best_t, kf_t), "x", 1),
             "≥ 5× faster", lambda x: x >= 5),
+        Row("1 feeding", f"{label}: epoch, kf to NCHW batches (channels_last off) vs {best_name}",
+            Stat(ips(nchw_t), "img/s", 0), Stat(ips(best_t), "img/s", 0), best_name,
+            Stat(ratios(best_t, nchw_t), "x", 1),
+            note="the layout the baseline delivers; kf's default is channels_last (row above)"),
+        Row("1 feeding", f"{label}: epoch, kf vs baseline + the same augmentation in torchvision, 2 workers",
+            Stat(ips(kf_t), "img/s", 0), Stat(ips(aug_t), "img/s", 0), "baseline + augmentation, 2 workers",
+            Stat(ratios(aug_t, kf_t), "x", 1), note="equal work: flip, affine, brightness/contrast"),
         Row("1 feeding", f"{label}: baseline with 0 vs 2 DataLoader workers (img/s)",
             Stat(ips(b0_t), "img/s", 0), Stat(ips(b2_t), "img/s", 0), "2 workers", Stat(ratios(b0_t, b2_t), "x", 2),
             note="ratio = 2-worker speed-up of the baseline"),

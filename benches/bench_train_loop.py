@@ -9,10 +9,11 @@ the final TTA predictions are not in it).
 
 Reference: the same model, optimizer and loss, freshly built as well, run
 over the very batches kf's loader produced for that epoch, already
-normalised in memory: only ``loss.backward(); opt.step()``.
+normalised in memory and in kf's memory layout (channels_last): only
+forward, ``loss.backward(); opt.step()``.
 
 Also: the same kf epoch with 1 DataLoader worker beside torch's threads
-(``resolve_workers`` uses 0 on CPU).
+(``resolve_workers`` uses 0 on CPU), and with ``channels_last: off``.
 """
 from __future__ import annotations
 
@@ -21,14 +22,17 @@ import time
 from common import Context, Row, Stat, fold_trainer, lite0_config, ratios, standalone
 
 
-def pure_epoch(cfg, batches) -> float:
+def pure_epoch(cfg, batches, channels_last: bool) -> float:
     """Seconds of forward + backward + optimizer step over ``batches`` for a freshly built model."""
     import timm.optim
+    import torch
 
     from kfold.losses import build_loss
     from kfold.models import create_model
 
     model = create_model(cfg.model, cfg.pretrained, drop_rate=cfg.drop_rate)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model.train()
     opt = timm.optim.create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = build_loss(cfg.loss, None, cfg.label_smoothing, cfg.focal_gamma)
@@ -70,15 +74,19 @@ def run(ctx: Context) -> list[Row]:
     # the batches kf's loader yields in epoch 0, normalised, kept in memory for the reference
     probe = fold_trainer(cfg, train_images, train_labels, n_val, test_images, ctx.tmp / "loop-probe", 0)
     m = torch.full((1, 3, 1, 1), 0.5)
-    batches = [(to_model_input(xb, m, m, torch.device("cpu")), yb) for xb, yb in probe._loader(0)]
-    pure_epoch(cfg, batches)  # warm-up: first allocations, oneDNN primitives
-    kf0, kf1, pure, whole = [], [], [], []
+    cl = probe.channels_last  # the reference uses kf's memory layout (channels_last: auto = on)
+    loader = probe._loader(0)
+    batches = [(to_model_input(loader.dataset.to_nchw(xb), m, m, torch.device("cpu"), cl), yb) for xb, yb in loader]
+    pure_epoch(cfg, batches, cl)  # warm-up: first allocations, oneDNN primitives
+    nchw = lite0_config(pretrained="none", epochs=1, channels_last="off")
+    kf0, kf1, kf_nchw, pure, whole = [], [], [], [], []
     for r in range(ctx.repeats):
         t, total = kf_epoch(ctx, cfg, train_images, train_labels, n_val, test_images, 0, f"w0-{r}")
         kf0.append(t)
         whole.append(total)
-        pure.append(pure_epoch(cfg, batches))
+        pure.append(pure_epoch(cfg, batches, cl))
         kf1.append(kf_epoch(ctx, cfg, train_images, train_labels, n_val, test_images, 1, f"w1-{r}")[0])
+        kf_nchw.append(kf_epoch(ctx, nchw, train_images, train_labels, n_val, test_images, 0, f"nchw-{r}")[0])
     seen = n_train // cfg.batch_size * cfg.batch_size
     what = f"lite0 96x96, batch 32, {seen} {src} images, {torch.get_num_threads()} torch threads"
     ips = lambda ts: [seen / t for t in ts]  # noqa: E731
@@ -92,6 +100,9 @@ def run(ctx: Context) -> list[Row]:
             Stat(ips(kf1), "img/s", 1), Stat(ips(kf0), "img/s", 1), "0 workers", Stat(ratios(kf1, kf0), "x", 3),
             "0 workers is faster (ratio > 1)", lambda x: x > 1.0,
             note="ratio = time with 1 worker / time with 0 workers"),
+        Row("2 train loop", f"{what}: kf epoch, channels_last auto (now on) vs off (NCHW, the former CPU default)",
+            Stat(ips(kf0), "img/s", 1), Stat(ips(kf_nchw), "img/s", 1), "channels_last off",
+            Stat(ratios(kf_nchw, kf0), "x", 2), note="ratio = speed-up from channels_last"),
     ]
 
 

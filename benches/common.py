@@ -82,6 +82,7 @@ class Context:
 
     repeats: int = 3
     quick: bool = False
+    compile: bool = True  # run the torch.compile case (its compile takes ~30 s)
     tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="kf-bench-")))
     real_data: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -168,11 +169,11 @@ def standalone(run: Callable[[Context], list[Row]]) -> None:
 
 
 def fold_trainer(cfg, images: np.ndarray, labels: np.ndarray, n_val: int, test_images: np.ndarray, run_dir: Path,
-                 workers: int):
+                 workers: int, device: str = "cpu"):
     """A :class:`kfold.train.FoldTrainer` for fold 0 of ``images``: the last ``n_val`` rows validate, the rest train.
 
-    Built the way ``kf train`` builds it (same config, cache-backed data, CPU),
-    without folds.csv or a run folder around it.
+    Built the way ``kf train`` builds it (same config, cache-backed data, on
+    ``device``), without folds.csv or a run folder around it.
     """
     import pandas as pd
     import torch
@@ -184,5 +185,5 @@ def fold_trainer(cfg, images: np.ndarray, labels: np.ndarray, n_val: int, test_i
                           "label": np.asarray(labels, dtype=np.int64), "fold": [1] * (n - n_val) + [0] * n_val})
     test = pd.DataFrame({"ImageID": [f"t{i}.jpg" for i in range(len(test_images))]})
     data = DataBundle(run_dir, folds, {"k": 2, "folds_fingerprint": "bench"}, test, {})
-    return FoldTrainer(cfg, 0, run_dir, data, images, test_images, torch.device("cpu"), workers,
+    return FoldTrainer(cfg, 0, run_dir, data, images, test_images, torch.device(device), workers,
                        echo=lambda s: None, progress=False)

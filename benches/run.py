@@ -6,7 +6,7 @@ median of the repeats with their min-max, and whether each goal is met. The
 table replaces the part of docs/benchmarks.md between the ``bench:results``
 markers; the rest of that file is prose kept by hand.
 
-    .venv/bin/python benches/run.py                  # everything, ~6-8 min on 2 cores
+    .venv/bin/python benches/run.py                  # everything, 4-5 min on a quiet 2-core machine
     .venv/bin/python benches/run.py --quick --no-write --only tta,submit
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def machine() -> str:
         mem_s = f", {mem / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         mem_s = ""
-    return f"{cpu}, {os.cpu_count()} cores{mem_s}, no GPU used" 
+    return f"{cpu}, {os.cpu_count()} cores{mem_s}, no GPU used"
 
 
 def load() -> str:
@@ -81,8 +81,8 @@ def report(rows: list[Row], ctx: Context, started: str, load_start: str, load_en
         f"- at end: {load_end}",
         f"- real set: {ctx.real_data if ctx.real_data else 'not found'}",
     ]
-    lines += [f"- {k}: {v}" for k, v in ctx.settings.items() if k != "no-compile"]
-    lines += [f"- time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
+    lines += [f"- {k}: {v}" for k, v in ctx.settings.items()]
+    lines += ["- time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]
     lines += ["", table(rows)]
     if ctx.notes:
         lines += [""] + [f"Note: {n}" for n in ctx.notes]
@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="repeats of each measurement (default 3)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes and 1-2 repeats: a smoke test, not a measurement")
     ap.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHES)}")
-    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes ~1 min)")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (compiling takes ~30 s)")
     ap.add_argument("--no-write", action="store_true", help="print the table, leave docs/benchmarks.md alone")
     ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = ap.parse_args()
@@ -121,10 +121,8 @@ def main() -> None:
     from kfold.train import configure_torch
 
     configure_torch(TrainConfig(), torch.device("cpu"))  # the thread count and flush-denormal of kf train on CPU
-    ctx = Context(repeats=1 if args.quick else args.repeats, quick=args.quick,
+    ctx = Context(repeats=1 if args.quick else args.repeats, quick=args.quick, compile=not args.no_compile,
                   real_data=REAL_DATA if (REAL_DATA / "train" / "train.csv").exists() else None)
-    if args.no_compile:
-        ctx.settings["no-compile"] = "1"
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_start, t0 = load(), time.perf_counter()
     rows: list[Row] = []

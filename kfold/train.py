@@ -204,7 +204,7 @@ class FoldTrainer:
         s = epoch_seed(self.cfg.seed, self.fold, epoch)
         seed_everything(s)
         transform = build_train_transform(self.cfg.augment, tuple(self.cfg.image_size), s)
-        ds = CachedImages(self.train_cache, self.tr_idx, self.labels[self.tr_idx], transform)
+        ds = CachedImages(self.train_cache, self.tr_idx, self.labels[self.tr_idx], transform, self.channels_last)
         g = torch.Generator().manual_seed(s)
         bs = min(self.cfg.batch_size, len(ds))
         return DataLoader(ds, batch_size=bs, shuffle=True, generator=g, num_workers=self.workers,
@@ -263,7 +263,7 @@ class FoldTrainer:
                        disable=None if self.progress is None else not self.progress, unit="batch")
             n_batches = len(loader)
             for i, (xb, yb) in enumerate(bar):
-                x = to_model_input(xb, m, s, self.device, self.channels_last)
+                x = to_model_input(loader.dataset.to_nchw(xb), m, s, self.device, self.channels_last)
                 y = yb.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     loss = loss_fn(model(x), y)

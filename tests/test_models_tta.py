@@ -87,3 +87,36 @@ def test_hflip_tta_differs_from_plain_prediction_and_rows_sum_to_one():
     assert plain.shape == tta.shape == (7, 18) and tta.dtype == np.float32
     np.testing.assert_allclose(tta.sum(1), 1, atol=1e-5)
     assert np.abs(plain - tta).max() > 1e-4
+
+
+# --- feeding: batch layout and normalisation -------------------------------------------------------
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cached_images_batches_normalise_to_the_formula_in_the_requested_layout(channels_last):
+    from torch.utils.data import DataLoader
+
+    from kfold.augment import CachedImages, to_model_input
+
+    rng = np.random.default_rng(0)
+    cache = rng.integers(0, 256, (10, 12, 20, 3), dtype=np.uint8)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    ds = CachedImages(cache, np.arange(2, 9), np.arange(7), None, channels_last)
+    xb, yb = next(iter(DataLoader(ds, batch_size=7)))
+    assert xb.shape == ((7, 12, 20, 3) if channels_last else (7, 3, 12, 20)) and xb.is_contiguous()
+    x = to_model_input(ds.to_nchw(xb), mean, std, torch.device("cpu"), channels_last)
+    want = (torch.from_numpy(cache[2:9]).permute(0, 3, 1, 2).double() / 255 - mean.double()) / std.double()
+    assert x.shape == (7, 3, 12, 20) and x.dtype == torch.float32 and yb.tolist() == list(range(7))
+    torch.testing.assert_close(x.double(), want, atol=1e-5, rtol=0)
+    assert x.is_contiguous(memory_format=torch.channels_last) == channels_last and x.is_contiguous() != channels_last
+
+
+def test_to_model_input_converts_an_nchw_batch_to_channels_last_when_asked():
+    from kfold.augment import to_model_input
+
+    u8 = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 3, 8, 5), dtype=np.uint8))
+    m = torch.full((1, 3, 1, 1), 0.5)
+    a, b = to_model_input(u8, m, m, torch.device("cpu")), to_model_input(u8, m, m, torch.device("cpu"), True)
+    assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, u8.float() / 127.5 - 1)
