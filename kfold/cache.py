@@ -10,6 +10,7 @@ with joblib and written atomically (temporary file + rename).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -48,8 +49,21 @@ def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndar
     return rgb
 
 
-def _load_chunk(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
-    return np.stack([load_image(p, size) for p in paths])
+def _load_chunk(paths: Sequence[str], size: tuple[int, int], failed: threading.Event) -> np.ndarray | KfError | None:
+    """The chunk's images stacked, or the :class:`KfError` of its first bad image (returned, not raised).
+
+    Raising inside a joblib thread ends the build while other threads are
+    still decoding, and the interpreter then aborts at exit ("terminate called
+    without an active exception", status 134); returning the error lets every
+    thread finish. After a failure, chunks not yet started return None.
+    """
+    if failed.is_set():
+        return None
+    try:
+        return np.stack([load_image(p, size) for p in paths])
+    except KfError as e:
+        failed.set()
+        return e
 
 
 def cache_key(paths: Sequence[str | Path], size: tuple[int, int]) -> str:
@@ -112,10 +126,17 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
         try:
             chunk = 64
             starts = range(0, len(paths), chunk)
-            jobs = (joblib.delayed(_load_chunk)([str(p) for p in paths[s:s + chunk]], size) for s in starts)
+            failed = threading.Event()
+            jobs = (joblib.delayed(_load_chunk)([str(p) for p in paths[s:s + chunk]], size, failed) for s in starts)
             workers = joblib.Parallel(n_jobs=n_jobs if len(paths) > 2 * chunk else 1, prefer="threads", return_as="generator")
-            for s, arr in zip(starts, workers(jobs)):
-                out[s:s + len(arr)] = arr
+            errors = []
+            for s, arr in zip(starts, workers(jobs)):  # drained to the end: every thread has finished
+                if isinstance(arr, np.ndarray):
+                    out[s:s + len(arr)] = arr
+                elif arr is not None:
+                    errors.append(arr)
+            if errors:
+                raise errors[0]
             out.flush()
             del out
             fd = os.open(tmp, os.O_RDONLY)  # the .npy header was written outside the memory map

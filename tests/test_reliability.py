@@ -318,3 +318,23 @@ def test_a_killed_cache_builds_temporary_is_removed_by_the_next_build(tmp_path):
     live.write_bytes(b"x")
     assert remove_stale_temporaries(tmp_path) == [stale]
     assert not stale.exists() and live.exists()
+
+
+def test_a_bad_image_in_a_parallel_cache_build_is_one_error_line_not_an_abort(tmp_path):
+    """Threads still decoding when the error surfaces used to abort the process at exit (status 134)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(600):  # 10 chunks of 64, so 2 threads are busy when chunk 0 fails
+        p = tmp_path / f"{i:03d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(p, quality=90)
+        images.append(p)
+    images[1].write_bytes(images[1].read_bytes()[:300])  # truncated
+    code = ("import sys\nfrom kfold.cache import build_cache\nfrom kfold.io import KfError\n"
+            f"try:\n    build_cache({[str(p) for p in images]!r}, (64, 64), {str(tmp_path / 'cache')!r})\n"
+            "except KfError as e:\n    print(f'error: {e}', file=sys.stderr)\n    sys.exit(2)\n")
+    r = python(code)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == f"error: {images[1]}: cannot decode image (Truncated File Read)"
+    assert list((tmp_path / "cache").iterdir()) == []  # no cache, no temporary
