@@ -20,19 +20,26 @@ TTA_CHOICES = ("none", "hflip", "flip", "d4")
 @click.option("--bias", is_flag=True, help="Also tune per-class biases on log-probabilities for OOF macro F1 (writes <name>+bias).")
 @click.option("--runs", default=None, metavar="A,B",
               help="Runs to blend, names under --oof (e.g. effb0,mnv3; runs, not ensembles). Default: every finished run.")
-@click.option("--name", default=None, help="Output name instead of the method's (one method only).")
+@click.option("--name", default=None, help="Output name instead of the method's (one method only; 'best' is reserved).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an ensemble of the same name that blends other runs (refused otherwise; same runs are refitted).")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
               help="Re-predict each member's OOF and test sets from its fold checkpoints with this TTA "
                    "(into <oof>/<run>@<tta>/, reused when present) and blend those. Needs --data.")
-def ensemble_cmd(data, oof, method, bias, runs, name, tta):
+def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, tta):
     """Blend runs on their OOF probabilities; report single-run vs ensemble macro F1.
 
     Every method is scored twice: in-sample on all OOF rows, and nested (per
     fold, fitted on the other folds only), the honest estimate to compare
     with a single run. Writes <oof>/ensemble/<name>.json, <name>/oof.csv,
-    <name>/test.csv (a run's format) and <name>_scores.csv; <name> is the
-    method or --name, plus "+bias". --data is only read to check test.csv
+    <name>/test.csv (a run's format) and <label>_scores.csv; <name> is the
+    method or --name, plus "+bias" (<label>: the method, "all" with --method
+    all, or --name, plus "+bias"). --data is only read to check test.csv
     ImageIDs against eval/info.csv.
+
+    Every call also updates <oof>/ensemble/best/, the member or blend with
+    the highest nested macro F1, unless the existing best (same folds) scores
+    higher: submit it with --from ensemble/best.
 
     \b
     Examples:
@@ -49,7 +56,7 @@ def ensemble_cmd(data, oof, method, bias, runs, name, tta):
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     if tta is not None:
         names = with_tta(oof, data, names, tta)
-    report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info)
+    report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info, overwrite=overwrite)
     rs = report.runs
     click.echo(f"{len(rs.names)} run(s): {', '.join(rs.names)}; {rs.oof.shape[1]} OOF images, "
                f"{rs.test.shape[1]} test images, K={rs.k}"

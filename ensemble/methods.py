@@ -52,10 +52,14 @@ def ensemble_name(base: str, bias: bool) -> str:
     """Output name of a method: ``caruana``, ``caruana+bias`` (``base`` is the method or ``--name``).
 
     Raises:
-        KfError: ``base`` is not a plain file name (letters, digits, ``_ . + -``).
+        KfError: ``base`` is not a plain file name (letters, digits, ``_ . + -``),
+            or is ``best``, the folder ``kf ensemble`` keeps the best-scoring blend in.
     """
     if not _NAME_RE.match(base):
         raise KfError(f"--name {base!r}: use letters, digits and _ . + - only (it names a file and a folder)")
+    if base == "best":
+        raise KfError("--name 'best' is reserved: ensemble/best holds the member or blend with the highest nested "
+                      "macro F1 of every call; choose another name")
     return base + (BIAS_SUFFIX if bias else "")
 
 

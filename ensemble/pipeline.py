@@ -149,8 +149,30 @@ def _versions() -> dict:
     return {"kf": kfold.__version__, "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__}
 
 
+def check_overwrites(oof_dir: str | Path, names: list[str], members: list[str]) -> None:
+    """Refuse to replace an ensemble written with other members (see :func:`run_ensemble`'s ``overwrite``).
+
+    Raises:
+        KfError: ``<oof>/ensemble/<name>.json`` exists for one of ``names`` and lists other members.
+    """
+    from kfold.io import read_json
+
+    for n in names:
+        path = Path(oof_dir) / ENSEMBLE_DIR / f"{n}.json"
+        if not path.is_file():
+            continue
+        try:
+            old = list(read_json(path).get("members") or [])
+        except KfError:
+            old = None
+        if old != list(members):
+            had = ", ".join(old) if old is not None else "unreadable members"
+            raise KfError(f"{path}: already holds {n} of {had}; this call blends {', '.join(members)}: pass --name to "
+                          "keep both, or --overwrite to replace it")
+
+
 def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] | None = None, bias: bool = False,
-                 name: str | None = None, info_csv: str | Path | None = None) -> EnsembleReport:
+                 name: str | None = None, info_csv: str | Path | None = None, overwrite: bool = False) -> EnsembleReport:
     """Everything ``kf ensemble`` does: load, fit, estimate nested, write outputs and the scores table.
 
     Args:
@@ -161,6 +183,9 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
             both variants are written and scored.
         name: output name instead of the method's (one method only).
         info_csv: optional ``eval/info.csv`` the ``test.csv`` ImageIDs must match.
+        overwrite: replace an ensemble of the same name written with other
+            members; without it that is an error, raised before anything is
+            written (the same members are refitted and replaced silently).
 
     Returns:
         An :class:`EnsembleReport`; ``table`` has one row per member and per
@@ -196,6 +221,9 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
                           f"cross-fits inside K-1 folds), these runs have K={n_folds}")
         methods.remove("stacking")
         log.warning("stacking skipped: it needs K >= 3 folds, these runs have K=%d", n_folds)
+    if not overwrite:
+        check_overwrites(oof_dir, [ensemble_name(name or m, b) for m in methods for b in ([False, True] if bias else [False])],
+                         rs.names)
     fitted: list[Fitted] = []
     for m in methods:
         fitted += fit_method(m, rs, bias=bias, base_name=name)
@@ -298,5 +326,5 @@ def format_table(table: pd.DataFrame) -> str:
                 + per_class.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-__all__ = ["EnsembleReport", "Fitted", "ensemble_doc", "fit_method", "format_table", "member_rows", "previous_best", "run_ensemble", "write_best",
+__all__ = ["EnsembleReport", "Fitted", "check_overwrites", "ensemble_doc", "fit_method", "format_table", "member_rows", "previous_best", "run_ensemble", "write_best",
            "write_outputs"]

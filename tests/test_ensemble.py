@@ -391,9 +391,10 @@ def test_a_later_weaker_call_keeps_best_and_a_stronger_one_replaces_it(tmp_path)
     first = {n: (best / n).read_bytes() for n in ("oof.csv", "test.csv", "run.json")}
     meta = json.loads(first["run.json"])
     assert meta["members"] == ["run0", "run1"]
-    res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run1,run2")
+    res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run1,run2",
+                  "--name", "weak")
     assert res.exit_code == 0, res.output
-    weaker = pd.read_csv(d / "ensemble" / "soft_scores.csv")["nested_macro_f1"].max()
+    weaker = pd.read_csv(d / "ensemble" / "weak_scores.csv")["nested_macro_f1"].max()
     assert weaker < meta["nested_macro_f1"]
     assert {n: (best / n).read_bytes() for n in first} == first
     assert f"kept {best}/: {meta['chosen']} of run0,run1" in res.output
@@ -401,10 +402,11 @@ def test_a_later_weaker_call_keeps_best_and_a_stronger_one_replaces_it(tmp_path)
     df = pd.read_csv(d / "run2" / "oof.csv")
     df[PROB_COLS] = np.where(np.arange(18) == df["label"].to_numpy()[:, None], 0.83, 0.01)
     df.to_csv(d / "run2" / "oof.csv", index=False)
-    res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run1,run2")
+    res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run1,run2",
+                  "--name", "weak")
     assert res.exit_code == 0, res.output
     new = json.loads((best / "run.json").read_text())
-    run2 = pd.read_csv(d / "ensemble" / "soft_scores.csv").set_index("name").loc["run2", "nested_macro_f1"]
+    run2 = pd.read_csv(d / "ensemble" / "weak_scores.csv").set_index("name").loc["run2", "nested_macro_f1"]
     assert run2 > meta["nested_macro_f1"]  # a fold's macro F1 < 1 only because it lacks some of the 18 classes
     assert new["chosen"] == "run2" and new["nested_macro_f1"] == pytest.approx(run2) and f"wrote {best}/" in res.output
     # other folds: the old best is not comparable and is replaced
@@ -415,6 +417,26 @@ def test_a_later_weaker_call_keeps_best_and_a_stronger_one_replaces_it(tmp_path)
     res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run0,run1")
     assert res.exit_code == 0, res.output
     assert json.loads((best / "run.json").read_text())["members"] == ["run0", "run1"]
+
+
+def test_an_ensemble_of_other_runs_is_not_replaced_without_overwrite(oof, tmp_path):
+    assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "all", "--bias").exit_code == 0
+    before = {p: p.read_bytes() for p in (oof / "ensemble").rglob("*") if p.is_file()}
+    res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "caruana", "--runs", "run1,run2")
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == [
+        f"error: {oof / 'ensemble' / 'caruana.json'}: already holds caruana of run0, run1, run2; this call blends run1, "
+        "run2: pass --name to keep both, or --overwrite to replace it"]
+    assert {p: p.read_bytes() for p in (oof / "ensemble").rglob("*") if p.is_file()} == before
+    # the same runs are refitted without asking; --overwrite replaces; --name keeps both
+    assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "caruana").exit_code == 0
+    assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "caruana", "--runs", "run1,run2",
+                   "--name", "c12").exit_code == 0
+    assert json.loads((oof / "ensemble" / "caruana.json").read_text())["members"] == ["run0", "run1", "run2"]
+    assert json.loads((oof / "ensemble" / "c12.json").read_text())["members"] == ["run1", "run2"]
+    assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "caruana", "--runs", "run1,run2",
+                   "--overwrite").exit_code == 0
+    assert json.loads((oof / "ensemble" / "caruana.json").read_text())["members"] == ["run1", "run2"]
 
 
 def test_an_ensemble_is_refused_as_a_member_and_nothing_is_written(oof, tmp_path):
@@ -433,6 +455,7 @@ def test_an_ensemble_is_refused_as_a_member_and_nothing_is_written(oof, tmp_path
     (["--runs", "run0,nope"], "nope"),
     (["--method", "all", "--name", "x"], "--name"),
     (["--name", "a/b"], "--name"),
+    (["--name", "best"], "--name 'best' is reserved"),
 ])
 def test_cli_bad_input_exits_2_with_one_error_line(args, needle, oof, tmp_path):
     res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", *args)
@@ -501,7 +524,8 @@ def test_predict_of_a_kept_best_applies_its_own_blend_after_ensemble_name_is_rew
     best = oof / "ensemble" / "best"
     meta = json.loads((best / "run.json").read_text())
     assert meta["chosen"] == "weights" and (best / "ensemble.json").is_file()  # a blend of 3 equal runs beats each
-    res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "weights", "--runs", "run0,run1")
+    res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "weights", "--runs", "run0,run1",
+                  "--overwrite")
     assert res.exit_code == 0 and "kept" in res.output  # ensemble/weights now blends run0,run1; best keeps run0..run2
     assert json.loads((oof / "ensemble" / "weights.json").read_text())["members"] == ["run0", "run1"]
     out = tmp_path / "pred.csv"
