@@ -49,11 +49,14 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, tta):
     """
     from .pipeline import format_table, run_ensemble
 
+    names = [r.strip() for r in runs.split(",") if r.strip()] if runs is not None else None
+    if names == []:
+        raise click.BadParameter("empty; name runs (lite0,mnv3) or leave --runs out for every finished run",
+                                 param_hint="--runs")
     info = Path(data) / "eval" / "info.csv"
     if not info.is_file():
         click.echo(f"note: {info} not found; test.csv ImageIDs are checked between runs only")
         info = None
-    names = [r.strip() for r in runs.split(",") if r.strip()] if runs else None
     if tta is not None:
         names = with_tta(oof, data, names, tta)
     report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info, overwrite=overwrite)
@@ -112,7 +115,8 @@ def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output CSV: ImageID,prob_0..prob_17.")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
               help="Test-time augmentation for every run. Default: each run's own, from its run.json.")
-@click.option("--batch-size", default=64, show_default=True, help="Inputs per forward pass, TTA views included.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Inputs per forward pass, TTA views included.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists (never done otherwise).")
 @oof_option
 def predict_cmd(run_or_ensemble, images, out, tta, batch_size, overwrite, oof):

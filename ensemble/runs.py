@@ -125,7 +125,7 @@ def resolve_run_dir(name: str, oof_dir: str | Path) -> Path:
         if (d / "run.json").is_file():
             return d
     finished, unfinished = discover_runs(oof_dir) if oof_dir.is_dir() else ([], [])
-    ens = sorted(p.stem for p in (oof_dir / "ensemble").glob("*.json")) if (oof_dir / "ensemble").is_dir() else []
+    ens = sorted(p.parent.name for p in (oof_dir / "ensemble").glob("*/run.json")) if (oof_dir / "ensemble").is_dir() else []
     have = ", ".join(finished + unfinished + [f"ensemble/{e}" for e in ens]) or "none"
     raise KfError(f"{oof_dir / name}: no run.json, not a run or ensemble (found under {oof_dir}: {have})")
 

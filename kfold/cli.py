@@ -8,6 +8,7 @@ four-line usage block. Ctrl-C exits with status 130 and says how to resume.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 import os
@@ -48,6 +49,13 @@ class LazyGroup(click.Group):
             return None
         mod, attr = COMMANDS[name]
         return getattr(importlib.import_module(mod), attr)
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        name = args[0] if args else ""
+        if name in COMMANDS or name.startswith("-"):
+            return super().resolve_command(ctx, args)
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        ctx.fail(f"No such command {name!r}." + (f" Did you mean {close[0]!r}?" if close else ""))
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         with formatter.section("Commands"):

@@ -89,10 +89,10 @@ def _set(d: dict, key: str, value: Any, source: str) -> None:
     d[key] = value
 
 
-def validate(cfg: TrainConfig, source: str) -> TrainConfig:
-    """Check types and choices; raise :class:`KfError` naming ``source`` and the field."""
+def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozenset()) -> TrainConfig:
+    """Check types and choices; raise :class:`KfError` naming ``source`` (``--set`` for ``overridden`` keys) and the field."""
     def bad(k: str, why: str) -> KfError:
-        return KfError(f"{source}: {k}: {why}")
+        return KfError(f"--set {k}: {why}" if k in overridden else f"{source}: {k}: {why}")
 
     ints = ("epochs", "batch_size", "accum_steps", "warmup_epochs", "decay_epochs", "early_stopping", "eval_batch_size", "seed")
     for k in ints:
@@ -196,7 +196,7 @@ def load_config(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> Trai
             _set(d, str(k), v, str(path))
     for k, v in overrides:
         _set(d, k, v, "--set")
-    return validate(TrainConfig(**d), str(path))
+    return validate(TrainConfig(**d), str(path), frozenset(k for k, _ in overrides))
 
 
 def dump_config(cfg: TrainConfig) -> str:

@@ -45,7 +45,8 @@ def first_person(root: Path) -> str:
 # --------------------------------------------------------------------------- usage errors, Ctrl-C
 
 @pytest.mark.parametrize("args, message", [
-    (["trian"], "error: No such command 'trian'. (see kf --help)"),
+    (["trian"], "error: No such command 'trian'. Did you mean 'train'? (see kf --help)"),
+    (["xyz"], "error: No such command 'xyz'. (see kf --help)"),
     (["train", "--bogus"], "error: No such option '--bogus'. (see kf train --help)"),
     (["train"], "error: Missing option '--config'. (see kf train --help)"),
     (["ensemble", "--method", "nope"], "error: Invalid value for '--method': 'nope' is not one of 'all', 'soft', 'geo', "
