@@ -151,6 +151,71 @@ def measure(ctx: Context, name: str, root, n_epochs: int) -> list[Row]:
     return rows
 
 
+def torch_batch_augment(x, g):
+    """The alternative to per-image albumentations: the same three augmentations on a whole float batch in torch.
+
+    hflip (p 0.5); affine (p 0.5: rotate ±10°, scale 0.9-1.1, translate ±6 %)
+    by ``affine_grid`` + ``grid_sample``; brightness/contrast (p 0.3, ±0.2).
+    Not used by kf: measured here to show it is slower on CPU.
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    n, _, h, w = x.shape
+    x = torch.where((torch.rand(n, generator=g) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+    idx = (torch.rand(n, generator=g) < 0.5).nonzero().flatten()
+    if len(idx):
+        k = len(idx)
+        ang = (torch.rand(k, generator=g) * 2 - 1) * math.radians(10)
+        sc = 0.9 + 0.2 * torch.rand(k, generator=g)
+        shift = (torch.rand(2, k, generator=g) * 2 - 1) * 0.12
+        cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
+        theta = torch.stack([torch.stack([cos, -sin, shift[0]], 1), torch.stack([sin, cos, shift[1]], 1)], 1)
+        grid = F.affine_grid(theta, [k, 3, h, w], align_corners=False)
+        x[idx] = F.grid_sample(x[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    on = torch.rand(n, generator=g) < 0.3
+    alpha = torch.where(on, 0.8 + 0.4 * torch.rand(n, generator=g), torch.ones(n)).view(-1, 1, 1, 1)
+    beta = torch.where(on, (torch.rand(n, generator=g) * 2 - 1) * 0.2, torch.zeros(n)).view(-1, 1, 1, 1)
+    return (x * alpha + beta).clamp_(0, 1)
+
+
+def batch_augment_rows(ctx: Context) -> list[Row]:
+    """albumentations per image (kf) vs :func:`torch_batch_augment` per batch, on batches of 32 cached images."""
+    import numpy as np
+    import torch
+
+    from kfold.augment import build_train_transform
+
+    images, _, src = ctx.images96(32 * (4 if ctx.quick else 16))
+    tf = build_train_transform(lite0_config().augment, SIZE, 0)
+    batches = [images[i:i + 32] for i in range(0, len(images), 32)]
+    g = torch.Generator().manual_seed(0)
+
+    def albu():
+        for b in batches:
+            np.stack([tf(image=np.array(im))["image"] for im in b])
+
+    def batched():
+        for b in batches:
+            torch_batch_augment(torch.from_numpy(np.array(b)).permute(0, 3, 1, 2).float().div_(255), g)
+
+    albu(), batched()  # warm-up
+    a, t = [], []
+    for _ in range(ctx.repeats):
+        s0 = time.perf_counter()
+        albu()
+        a.append((time.perf_counter() - s0) / len(batches) * 1e3)
+        s0 = time.perf_counter()
+        batched()
+        t.append((time.perf_counter() - s0) / len(batches) * 1e3)
+    return [Row("1 feeding", f"augmentation of a batch of 32 {src} images at 96x96: albumentations per image (kf) "
+                             "vs the same in torch on the whole batch (affine_grid + grid_sample)",
+                Stat(a, "ms", 2), Stat(t, "ms", 2), "torch, batched", Stat(ratios(t, a), "x", 2),
+                note="ratio = torch time / albumentations time; > 1: batching on CPU is slower")]
+
+
 def run(ctx: Context) -> list[Row]:
     from kfold.synth import make_data
 
@@ -166,7 +231,7 @@ def run(ctx: Context) -> list[Row]:
     ctx.settings["generated 384x512 set"] = f"{time.perf_counter() - t:.0f} s to generate (kfold.synth.make_data)"
     rows += measure(ctx, "synth", root, epochs)
     shutil.rmtree(root / "eval", ignore_errors=True)
-    return rows
+    return rows + batch_augment_rows(ctx)
 
 
 if __name__ == "__main__":
