@@ -70,6 +70,8 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, tta):
     ens = Path(oof) / "ensemble"
     for f in report.fitted:
         click.echo(f"wrote {ens / f.name}.json and {ens / f.name}/{{oof.csv,test.csv,run.json}}")
+    for r in report.replaced:
+        click.echo(f"replaced (--overwrite) the earlier {r}")
     scores_csv = next(p for p in report.written if p.name.endswith("_scores.csv"))
     click.echo(f"wrote {scores_csv}")
     best = report.table.loc[report.table["nested_macro_f1"].idxmax()]

@@ -54,12 +54,14 @@ class Fitted:
 
 @dataclass
 class EnsembleReport:
-    """What :func:`run_ensemble` did: the runs, the fitted variants, the table and the files written."""
+    """What :func:`run_ensemble` did: the runs, the fitted variants, the table, the files written and the
+    ensembles of other members it replaced (``--overwrite``)."""
 
     runs: RunSet
     fitted: list[Fitted]
     table: pd.DataFrame
     written: list[Path] = field(default_factory=list)
+    replaced: list[str] = field(default_factory=list)
 
 
 def fit_method(method: str, runs: RunSet, bias: bool = False, base_name: str | None = None) -> list[Fitted]:
@@ -149,14 +151,18 @@ def _versions() -> dict:
     return {"kf": kfold.__version__, "numpy": np.__version__, "scipy": scipy.__version__, "sklearn": sklearn.__version__}
 
 
-def check_overwrites(oof_dir: str | Path, names: list[str], members: list[str]) -> None:
-    """Refuse to replace an ensemble written with other members (see :func:`run_ensemble`'s ``overwrite``).
+def check_overwrites(oof_dir: str | Path, names: list[str], members: list[str], overwrite: bool = False) -> list[str]:
+    """Ensembles among ``names`` that were written with other members (see :func:`run_ensemble`'s ``overwrite``).
+
+    Returns:
+        One ``"<name> of <old members>"`` per ensemble this call will replace (only with ``overwrite``).
 
     Raises:
-        KfError: ``<oof>/ensemble/<name>.json`` exists for one of ``names`` and lists other members.
+        KfError: without ``overwrite``, ``<oof>/ensemble/<name>.json`` exists for one of ``names`` and lists other members.
     """
     from kfold.io import read_json
 
+    replaced = []
     for n in names:
         path = Path(oof_dir) / ENSEMBLE_DIR / f"{n}.json"
         if not path.is_file():
@@ -167,8 +173,11 @@ def check_overwrites(oof_dir: str | Path, names: list[str], members: list[str]) 
             old = None
         if old != list(members):
             had = ", ".join(old) if old is not None else "unreadable members"
-            raise KfError(f"{path}: already holds {n} of {had}; this call blends {', '.join(members)}: pass --name to "
-                          "keep both, or --overwrite to replace it")
+            if not overwrite:
+                raise KfError(f"{path}: already holds {n} of {had}; this call blends {', '.join(members)}: pass --name "
+                              "to keep both, or --overwrite to replace it")
+            replaced.append(f"{n} of {had}")
+    return replaced
 
 
 def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] | None = None, bias: bool = False,
@@ -221,9 +230,8 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
                           f"cross-fits inside K-1 folds), these runs have K={n_folds}")
         methods.remove("stacking")
         log.warning("stacking skipped: it needs K >= 3 folds, these runs have K=%d", n_folds)
-    if not overwrite:
-        check_overwrites(oof_dir, [ensemble_name(name or m, b) for m in methods for b in ([False, True] if bias else [False])],
-                         rs.names)
+    replaced = check_overwrites(oof_dir, [ensemble_name(name or m, b) for m in methods for b in ([False, True] if bias else [False])],
+                                rs.names, overwrite)
     fitted: list[Fitted] = []
     for m in methods:
         fitted += fit_method(m, rs, bias=bias, base_name=name)
@@ -237,7 +245,7 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
     write_csv(table, scores_csv, float_format="%.6f")
     written.append(scores_csv)
     written += write_best(rs, fitted, rows, oof_dir)
-    return EnsembleReport(runs=rs, fitted=fitted, table=table, written=written)
+    return EnsembleReport(runs=rs, fitted=fitted, table=table, written=written, replaced=replaced)
 
 
 BEST = "best"

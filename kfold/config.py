@@ -95,13 +95,11 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
         return KfError(f"--set {k}: {why}" if k in overridden else f"{source}: {k}: {why}")
 
     ints = ("epochs", "batch_size", "accum_steps", "warmup_epochs", "decay_epochs", "early_stopping", "eval_batch_size", "seed")
+    positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
     for k in ints:
         v = getattr(cfg, k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise bad(k, f"expected a non-negative integer, got {v!r}")
-    for k in ("epochs", "batch_size", "accum_steps", "eval_batch_size"):
-        if getattr(cfg, k) < 1:
-            raise bad(k, "must be at least 1")
+        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if k in positive else 0):
+            raise bad(k, f"expected an integer >= {1 if k in positive else 0}, got {v!r}")
     for k in ("lr", "weight_decay", "warmup_lr", "min_lr", "decay_rate", "label_smoothing", "focal_gamma", "ema_decay", "drop_rate"):
         v = getattr(cfg, k)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:

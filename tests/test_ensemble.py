@@ -434,8 +434,9 @@ def test_an_ensemble_of_other_runs_is_not_replaced_without_overwrite(oof, tmp_pa
                    "--name", "c12").exit_code == 0
     assert json.loads((oof / "ensemble" / "caruana.json").read_text())["members"] == ["run0", "run1", "run2"]
     assert json.loads((oof / "ensemble" / "c12.json").read_text())["members"] == ["run1", "run2"]
-    assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "caruana", "--runs", "run1,run2",
-                   "--overwrite").exit_code == 0
+    res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "caruana", "--runs", "run1,run2",
+                  "--overwrite")
+    assert res.exit_code == 0 and "replaced (--overwrite) the earlier caruana of run0, run1, run2" in res.output
     assert json.loads((oof / "ensemble" / "caruana.json").read_text())["members"] == ["run1", "run2"]
 
 

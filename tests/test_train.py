@@ -145,7 +145,7 @@ def test_unknown_config_key_is_refused_with_the_valid_keys(tmp_path):
 def test_set_overrides_are_parsed_as_yaml(tmp_path):
     cfg = tiny_config(tmp_path, extra=["image_size=[40,56]", "augment.hflip=0", "class_weights=balanced"])
     assert cfg.image_size == [40, 56] and cfg.augment["hflip"] == 0.0 and cfg.class_weights == "balanced"
-    with pytest.raises(KfError, match="^--set epochs: must be at least 1$"):
+    with pytest.raises(KfError, match=r"^--set epochs: expected an integer >= 1, got 0$"):
         tiny_config(tmp_path, extra=["epochs=0"])
 
 
