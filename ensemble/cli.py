@@ -77,14 +77,12 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, tta):
     best = report.table.loc[report.table["nested_macro_f1"].idxmax()]
     click.echo(f"best by nested macro F1: {best['name']} ({best['kind']}, nested {best['nested_macro_f1']:.4f}, "
                f"in-sample {best['oof_macro_f1']:.4f})")
-    if any(p.parent.name == "best" for p in report.written):
-        click.echo(f"wrote {ens / 'best'}/ (submit it with --from ensemble/best)")
-    else:
-        from kfold.io import read_json
-
-        kept = read_json(ens / "best" / "run.json")
+    kept = report.best
+    if report.best_kept:
         click.echo(f"kept {ens / 'best'}/: {kept['chosen']} of {','.join(kept['members'])} from an earlier call has a higher "
                    f"nested macro F1 ({kept['nested_macro_f1']:.4f}); delete that folder to replace it")
+    else:
+        click.echo(f"wrote {ens / 'best'}/ (submit it with --from ensemble/best)")
 
 
 def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str]:

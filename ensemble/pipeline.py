@@ -54,14 +54,17 @@ class Fitted:
 
 @dataclass
 class EnsembleReport:
-    """What :func:`run_ensemble` did: the runs, the fitted variants, the table, the files written and the
-    ensembles of other members it replaced (``--overwrite``)."""
+    """What :func:`run_ensemble` did: the runs, the fitted variants, the table, the files written, the
+    ensembles of other members it replaced (``--overwrite``), and ``ensemble/best``'s ``run.json`` after
+    the call with whether this call wrote it or kept an earlier one."""
 
     runs: RunSet
     fitted: list[Fitted]
     table: pd.DataFrame
     written: list[Path] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+    best_kept: bool = False
 
 
 def fit_method(method: str, runs: RunSet, bias: bool = False, base_name: str | None = None) -> list[Fitted]:
@@ -244,8 +247,10 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
     scores_csv = Path(oof_dir) / ENSEMBLE_DIR / f"{label}_scores.csv"
     write_csv(table, scores_csv, float_format="%.6f")
     written.append(scores_csv)
-    written += write_best(rs, fitted, rows, oof_dir)
-    return EnsembleReport(runs=rs, fitted=fitted, table=table, written=written, replaced=replaced)
+    best_paths, best = write_best(rs, fitted, rows, oof_dir)
+    written += best_paths
+    return EnsembleReport(runs=rs, fitted=fitted, table=table, written=written, replaced=replaced, best=best,
+                          best_kept=not best_paths)
 
 
 BEST = "best"
@@ -274,7 +279,7 @@ def previous_best(oof_dir: str | Path, folds_fingerprint: str) -> dict | None:
     return meta
 
 
-def write_best(runs: RunSet, fitted: list[Fitted], rows: list[dict], oof_dir: str | Path) -> list[Path]:
+def write_best(runs: RunSet, fitted: list[Fitted], rows: list[dict], oof_dir: str | Path) -> tuple[list[Path], dict]:
     """Write ``<oof>/ensemble/best/``: the member or ensemble with the highest *nested* macro F1 so far.
 
     The in-sample OOF score rewards blends that overfit the OOF rows (bias
@@ -293,13 +298,13 @@ def write_best(runs: RunSet, fitted: list[Fitted], rows: list[dict], oof_dir: st
         rows: the score rows of the call (:func:`member_rows` and one per fitted variant).
 
     Returns:
-        The paths written; ``[]`` when the previous ``best`` was kept.
+        ``(paths written, the run.json of best)``; no paths when the previous ``best`` was kept.
     """
     table = pd.DataFrame(rows)
     row = table.loc[table["nested_macro_f1"].idxmax()]
     prev = previous_best(oof_dir, runs.folds_fingerprint)
     if prev is not None and float(prev["nested_macro_f1"]) > float(row["nested_macro_f1"]):
-        return []
+        return [], prev
     chosen = str(row["name"])
     if row["kind"] == "run":
         m = runs.names.index(chosen)
@@ -317,11 +322,12 @@ def write_best(runs: RunSet, fitted: list[Fitted], rows: list[dict], oof_dir: st
     if row["kind"] != "run":
         write_json(ensemble_doc(f, runs, rows), out / "ensemble.json")
         paths.insert(2, out / "ensemble.json")
-    write_json({"name": f"{ENSEMBLE_DIR}/{BEST}", "kind": "ensemble", "chosen": chosen, "chosen_kind": row["kind"],
-                "members": runs.names, "folds_fingerprint": runs.folds_fingerprint, "k": runs.k,
-                "tta": {n: t for n, t in zip(runs.names, runs.tta)}, "oof_macro_f1": float(row["oof_macro_f1"]),
-                "nested_macro_f1": float(row["nested_macro_f1"]), "finished": True}, paths[-1])
-    return paths
+    meta = {"name": f"{ENSEMBLE_DIR}/{BEST}", "kind": "ensemble", "chosen": chosen, "chosen_kind": row["kind"],
+            "members": runs.names, "folds_fingerprint": runs.folds_fingerprint, "k": runs.k,
+            "tta": dict(zip(runs.names, runs.tta)), "oof_macro_f1": float(row["oof_macro_f1"]),
+            "nested_macro_f1": float(row["nested_macro_f1"]), "finished": True}
+    write_json(meta, paths[-1])
+    return paths, meta
 
 
 def format_table(table: pd.DataFrame) -> str:
@@ -334,5 +340,5 @@ def format_table(table: pd.DataFrame) -> str:
                 + per_class.to_string(float_format=lambda v: f"{v:.3f}"))
 
 
-__all__ = ["EnsembleReport", "Fitted", "check_overwrites", "ensemble_doc", "fit_method", "format_table", "member_rows", "previous_best", "run_ensemble", "write_best",
-           "write_outputs"]
+__all__ = ["EnsembleReport", "Fitted", "check_overwrites", "ensemble_doc", "fit_method", "format_table", "member_rows",
+           "previous_best", "run_ensemble", "write_best", "write_outputs"]

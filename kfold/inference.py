@@ -17,7 +17,7 @@ from .cache import build_cache, load_image
 from .config import TrainConfig, validate
 from .data import IMAGE_EXTENSIONS
 from .io import KfError, read_json, write_csv, write_json
-from .train import PROB_COLS, amp_dtype, configure_torch, macro_f1, resolve_device
+from .train import PROB_COLS, amp_dtype, configure_torch, macro_f1, resolve_device, use_channels_last
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:
@@ -63,7 +63,7 @@ def _predict(model, images: np.ndarray, cfg: TrainConfig, device: torch.device, 
     from .tta import predict_array
 
     mean, std = normalisation(model)
-    cl = cfg.channels_last != "off"  # auto = on (CUDA and CPU), as in training
+    cl = use_channels_last(cfg)
     if cl:
         model.to(memory_format=torch.channels_last)
     return predict_array(model, images, mean, std, device, tta, cfg.eval_batch_size, amp_dtype(cfg, device), cl, indices)

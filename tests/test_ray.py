@@ -204,19 +204,14 @@ def test_a_task_that_fails_once_is_retried_and_succeeds(on_ray, tiny_data, tmp_p
     assert r["skipped"] is True and attempts(tmp_path) == 2
 
 
-def test_a_task_that_keeps_failing_is_retried_twice_then_surfaces_as_one_line(on_ray, tiny_data, tmp_path):
-    jobs = flaky_job(on_ray, tmp_path, fails=99, error=RuntimeError)
+@pytest.mark.parametrize("error, message, tries", [
+    (RuntimeError, "a fold 0 failed after 2 retries: RuntimeError: attempt 3 failed", 3),  # retried twice
+    (KfError, "a fold 0: attempt 1 failed", 1),  # bad input: one line, no retries
+])
+def test_a_task_that_keeps_failing_surfaces_as_one_line_kferror(error, message, tries, on_ray, tiny_data, tmp_path):
+    jobs = flaky_job(on_ray, tmp_path, fails=99, error=error)
     data = load_data(tiny_data, on_ray[0], k=2)
     with pytest.raises(KfError) as e:
         run_on_ray(jobs, data, on_ray[0], echo=lambda s: None)
-    assert str(e.value) == "a fold 0 failed after 2 retries: RuntimeError: attempt 3 failed"
-    assert attempts(tmp_path) == 3
-
-
-def test_a_task_that_raises_kferror_surfaces_as_one_line_kferror_without_retries(on_ray, tiny_data, tmp_path):
-    jobs = flaky_job(on_ray, tmp_path, fails=99, error=KfError)
-    data = load_data(tiny_data, on_ray[0], k=2)
-    with pytest.raises(KfError) as e:
-        run_on_ray(jobs, data, on_ray[0], echo=lambda s: None)
-    assert str(e.value) == "a fold 0: attempt 1 failed"
-    assert attempts(tmp_path) == 1
+    assert str(e.value) == message
+    assert attempts(tmp_path) == tries
