@@ -23,10 +23,15 @@ TTA_CHOICES = ("none", "hflip", "flip", "d4")
 @click.option("--name", default=None, help="Output name instead of the method's (one method only; 'best' is reserved).")
 @click.option("--overwrite", is_flag=True,
               help="Replace an ensemble of the same name that blends other runs (refused otherwise; same runs are refitted).")
+@click.option("--select-on", type=click.Choice(["estimate", "holdout"]), default="estimate", show_default=True,
+              help="What chooses ensemble/best: the pooled nested estimate, or the local holdout (kf folds --holdout; "
+                   "the holdout then stops being an unbiased check of the choice).")
+@click.option("--confidence", type=click.FloatRange(0.5, 1, max_open=True), default=0.9, show_default=True,
+              help="A blend replaces the best single run only if it beats it in this share of person-bootstrap resamples.")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
               help="Re-predict each member's OOF and test sets from its fold checkpoints with this TTA "
                    "(into <oof>/<run>@<tta>/, reused when present) and blend those. Needs --data.")
-def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, tta):
+def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, confidence, tta):
     """Blend runs on their OOF probabilities; report single-run vs ensemble macro F1.
 
     Every method is scored twice: in-sample on all OOF rows, and nested (per
@@ -37,9 +42,12 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, tta):
     all, or --name, plus "+bias"). --data is only read to check test.csv
     ImageIDs against eval/info.csv.
 
-    Every call also updates <oof>/ensemble/best/, the member or blend with
-    the highest nested macro F1, unless the existing best (same folds) scores
-    higher: submit it with --from ensemble/best.
+    Every call also updates <oof>/ensemble/best/: the best single run, or a
+    blend that beats it in at least --confidence of person-bootstrap
+    resamples of the pooled nested estimate (the highest such), unless the
+    existing best (same folds) scores higher: submit it with --from
+    ensemble/best. With a local holdout (kf folds --holdout 0.2) every option
+    is also scored on it, predicted like the test set.
 
     \b
     Examples:
@@ -59,14 +67,19 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, tta):
         info = None
     if tta is not None:
         names = with_tta(oof, data, names, tta)
-    report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info, overwrite=overwrite)
+    report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info, overwrite=overwrite,
+                          select_on=select_on, confidence=confidence)
     rs = report.runs
     click.echo(f"{len(rs.names)} run(s): {', '.join(rs.names)}; {rs.oof.shape[1]} OOF images, "
                f"{rs.test.shape[1]} test images, K={rs.k}"
                + (f"; skipped unfinished: {', '.join(rs.skipped)}" if rs.skipped else ""))
     click.echo(format_table(report.table))
-    click.echo("oof_macro_f1: in-sample on all OOF rows; nested_macro_f1: mean over folds of a fit "
-               "without that fold, scored on it (for a run: its per-fold OOF macro F1)")
+    click.echo("oof_macro_f1: in-sample on all OOF rows (optimistic for fitted blends); nested_macro_f1: mean over "
+               "folds of a fit without that fold, scored on it; pooled_macro_f1: those nested predictions pooled and "
+               "scored once (the selection estimate; for a run: its OOF macro F1); _sd: person-bootstrap standard "
+               "deviation; _p_better: share of paired resamples beating the best single run"
+               + ("; holdout_macro_f1: the local holdout, predicted like the test set, never fitted on" if
+                  "holdout_macro_f1" in report.table else ""))
     ens = Path(oof) / "ensemble"
     for f in report.fitted:
         click.echo(f"wrote {ens / f.name}.json and {ens / f.name}/{{oof.csv,test.csv,run.json}}")
@@ -74,13 +87,12 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, tta):
         click.echo(f"replaced (--overwrite) the earlier {r}")
     scores_csv = next(p for p in report.written if p.name.endswith("_scores.csv"))
     click.echo(f"wrote {scores_csv}")
-    best = report.table.loc[report.table["nested_macro_f1"].idxmax()]
-    click.echo(f"best by nested macro F1: {best['name']} ({best['kind']}, nested {best['nested_macro_f1']:.4f}, "
-               f"in-sample {best['oof_macro_f1']:.4f})")
+    click.echo(f"chosen ({'by the holdout' if report.choice.on == 'holdout' else 'by the pooled nested estimate'}): "
+               f"{report.choice.reason}")
     kept = report.best
     if report.best_kept:
         click.echo(f"kept {ens / 'best'}/: {kept['chosen']} of {','.join(kept['members'])} from an earlier call has a higher "
-                   f"nested macro F1 ({kept['nested_macro_f1']:.4f}); delete that folder to replace it")
+                   f"selection score ({kept['selection_score']:.4f}); delete that folder to replace it")
     else:
         click.echo(f"wrote {ens / 'best'}/ (submit it with --from ensemble/best)")
 

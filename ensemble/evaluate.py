@@ -7,6 +7,15 @@ the other K-1 folds only (stacking cross-fits inside those K-1 folds, so its
 inner folds exclude ``f`` too) and scored on fold ``f``'s rows. Its mean
 over folds is comparable with a single run's mean per-fold macro F1, since a
 run's OOF rows are already predicted by models that never saw them.
+
+The nested predictions of all folds, pooled into one ``(n_images, 18)``
+array and scored once (``pooled_macro_f1``), are the selection estimate: the
+mean of per-fold macro F1 on ~750-image folds is biased low where classes
+are rare (a class with 3 images in a fold has a noisy, often zero F1), which
+is exactly where bias tuning acts (Forman & Scholz 2010, "Apples-to-apples in
+cross-validation studies: pitfalls in classifier performance measurement",
+recommend pooling F1 over folds for this reason). Its spread comes from a
+person-level bootstrap (:mod:`ensemble.selection`).
 """
 from __future__ import annotations
 
@@ -51,13 +60,32 @@ def nested_estimate(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: n
     return np.array([macro_f1(y[held], est.predict(P[:, held])) for _, held, est in nested_fits(estimator, P, y, folds)])
 
 
+def nested_predictions(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The nested (honest) probabilities of every OOF row, and the macro F1 of each held-out fold.
+
+    Args: see :func:`nested_fits`.
+
+    Returns:
+        ``(per_fold, pooled)``: ``(n_folds,)`` float64 macro F1 of each held-out
+        fold, and ``(n_images, 18)`` float64 probabilities, each row predicted
+        by the fit that did not see its fold.
+    """
+    pooled = np.zeros(P.shape[1:], dtype=np.float64)
+    per_fold = []
+    for _, held, est in nested_fits(estimator, P, y, folds):
+        pooled[held] = est.predict_proba(P[:, held])
+        per_fold.append(macro_f1(y[held], pooled[held].argmax(axis=1)))
+    return np.array(per_fold), pooled
+
+
 def fold_scores(proba: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
     """``(n_folds,)`` macro F1 of ``(n_images, 18)`` probabilities on each fold's rows, in fold order."""
     pred = proba.argmax(axis=1)
     return np.array([macro_f1(y[folds == f], pred[folds == f]) for f in np.unique(folds)])
 
 
-def score_row(name: str, kind: str, oof_proba: np.ndarray, y: np.ndarray, per_fold: np.ndarray) -> dict:
+def score_row(name: str, kind: str, oof_proba: np.ndarray, y: np.ndarray, per_fold: np.ndarray,
+              pooled_proba: np.ndarray | None = None) -> dict:
     """One row of the scores table.
 
     Args:
@@ -66,12 +94,17 @@ def score_row(name: str, kind: str, oof_proba: np.ndarray, y: np.ndarray, per_fo
         oof_proba: ``(n_images, 18)`` OOF probabilities (in-sample for a fitted method).
         per_fold: ``(n_folds,)`` held-out macro F1 per fold (the nested estimate;
             for a run, its own per-fold OOF macro F1).
+        pooled_proba: ``(n_images, 18)`` nested probabilities of every row
+            (:func:`nested_predictions`); default ``oof_proba`` (a run's OOF rows
+            are held-out already).
 
     Returns:
-        ``{name, kind, oof_macro_f1, nested_macro_f1, fold<k>_macro_f1..., accuracy, f1_0..f1_17}``.
+        ``{name, kind, oof_macro_f1, nested_macro_f1, pooled_macro_f1, fold<k>_macro_f1..., accuracy, f1_0..f1_17}``.
     """
     pred = oof_proba.argmax(axis=1)
-    row = {"name": name, "kind": kind, "oof_macro_f1": macro_f1(y, pred), "nested_macro_f1": float(np.mean(per_fold))}
+    pooled = macro_f1(y, (oof_proba if pooled_proba is None else pooled_proba).argmax(axis=1))
+    row = {"name": name, "kind": kind, "oof_macro_f1": macro_f1(y, pred), "nested_macro_f1": float(np.mean(per_fold)),
+           "pooled_macro_f1": pooled}
     row.update({f"fold{k}_macro_f1": float(s) for k, s in enumerate(per_fold)})
     row["accuracy"] = accuracy(y, pred)
     row.update({f"f1_{c}": float(v) for c, v in enumerate(f1_per_class(y, pred, N_CLASSES))})

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfold.folds import FOLDS_CSV, FOLDS_JSON, folds_fingerprint, load_folds
+from kfold.folds import FOLDS_CSV, FOLDS_JSON, HOLDOUT_COLS, folds_fingerprint, load_folds, load_holdout
 from kfold.io import KfError, atomic_write, read_csv, read_json
 from kfold.labels import N_CLASSES
 
@@ -54,6 +54,11 @@ class RunSet:
         folds_fingerprint: of ``oof/folds.json``; equal in every run.
         k: number of folds.
         skipped: unfinished runs left out when the runs were discovered.
+        holdout_keys: ``(n_holdout, 3)`` DataFrame ``image, person, label`` of the
+            local holdout (``oof/holdout.csv`` order), or None without one.
+        holdout: ``(n_runs, n_holdout, 18)`` float64 holdout probabilities
+            (each run's ``holdout.csv``: mean of its fold models, as test.csv),
+            or None without a holdout or when a run has no ``holdout.csv``.
     """
 
     names: list[str]
@@ -68,6 +73,13 @@ class RunSet:
     skipped: list[str] = field(default_factory=list)
     kinds: list[str] = field(default_factory=list)
     members: list[list[str]] = field(default_factory=list)
+    holdout_keys: pd.DataFrame | None = None
+    holdout: np.ndarray | None = None
+
+    @property
+    def holdout_y(self) -> np.ndarray | None:
+        """``(n_holdout,)`` int64 holdout labels, or None."""
+        return None if self.holdout is None else self.holdout_keys["label"].to_numpy(np.int64)
 
     @property
     def y(self) -> np.ndarray:
@@ -194,6 +206,19 @@ def _read_test(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, _check_probs(df, path, "ImageID")
 
 
+def _read_holdout(path: Path, ref: pd.DataFrame) -> np.ndarray:
+    """``(n_holdout, 18)`` probabilities of a run's ``holdout.csv``, whose keys must equal ``oof/holdout.csv``'s."""
+    df = read_csv(path, required=HOLDOUT_COLS, dtype={"image": str, "person": str}, keep_default_na=False,
+                  na_values={c: ["", "nan", "NaN", "NA"] for c in PROB_COLS})
+    if len(df) != len(ref):
+        raise KfError(f"{path}: {len(df)} rows, expected {len(ref)} as in oof/holdout.csv")
+    diff = _first_diff(df[HOLDOUT_COLS].astype({"label": np.int64}), ref.astype({"label": np.int64}), HOLDOUT_COLS)
+    if diff is not None:
+        i, c = diff
+        raise KfError(f"{path}: {_row(i)}: {c} {_val(df[c].iloc[i])} differs from {_val(ref[c].iloc[i])} in oof/holdout.csv")
+    return _check_probs(df, path, "image")
+
+
 def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str | Path | None = None) -> RunSet:
     """Load and cross-check the OOF and test probabilities of ``runs``.
 
@@ -239,6 +264,8 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
         ref_keys, ref_name = load_folds(oof_dir)[KEY_COLS], oof_dir / FOLDS_CSV
 
     dirs, oofs, tests, ttas, kinds, members = [], [], [], [], [], []
+    hold_ref = load_holdout(oof_dir, meta).reset_index(drop=True) if meta.get("holdout") else None
+    holds, no_hold = [], []
     ref_ids, ref_test_name = None, None
     if info_csv is not None and Path(info_csv).is_file():
         ref_ids = read_csv(info_csv, required=["ImageID"], dtype=str, keep_default_na=False)["ImageID"].str.strip().to_numpy()
@@ -277,6 +304,11 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
                 i = int(np.flatnonzero(ne)[0])
                 raise KfError(f"{d / 'test.csv'}: {_row(i)}: ImageID {ids[i]!r} differs from {ref_ids[i]!r} "
                               f"in {ref_test_name} (test.csv must follow info.csv order)")
+        if hold_ref is not None:
+            if (d / "holdout.csv").is_file():
+                holds.append(_read_holdout(d / "holdout.csv", hold_ref))
+            else:
+                no_hold.append(name)
         dirs.append(d)
         oofs.append(probs)
         tests.append(tprobs)
@@ -286,9 +318,13 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
     keys = ref_keys.reset_index(drop=True).copy()
     keys["fold"] = keys["fold"].astype(np.int64)
     keys["label"] = keys["label"].astype(np.int64)
+    if no_hold:
+        log.warning("holdout scores skipped: %s ha%s no holdout.csv", ", ".join(no_hold), "s" if len(no_hold) == 1 else "ve")
+    has_hold = hold_ref is not None and not no_hold
     return RunSet(names=list(runs), dirs=dirs, keys=keys, oof=np.stack(oofs), test_ids=np.asarray(ref_ids),
                   test=np.stack(tests), tta=ttas, folds_fingerprint=fp,
-                  k=int(meta.get("k") or keys["fold"].nunique()), skipped=skipped, kinds=kinds, members=members)
+                  k=int(meta.get("k") or keys["fold"].nunique()), skipped=skipped, kinds=kinds, members=members,
+                  holdout_keys=hold_ref if has_hold else None, holdout=np.stack(holds) if has_hold else None)
 
 
 def write_probs_csv(path: str | Path, head: pd.DataFrame, probs: np.ndarray, float_format: str = "%.8g") -> None:

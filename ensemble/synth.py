@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfold.folds import folds_fingerprint
+from kfold.folds import HOLDOUT_COLS, HOLDOUT_CSV, folds_fingerprint, holdout_fingerprint
 from kfold.io import write_csv, write_json
 from kfold.labels import N_CLASSES
 
@@ -66,24 +66,38 @@ def synthetic_probs(y: np.ndarray, n_runs: int, strength: float | list[float] = 
 
 
 def write_synthetic_runs(oof_dir: str | Path, n_people: int = 100, n_runs: int = 3, k: int = 5, n_test: int = 70,
-                         strength: float | list[float] | None = None, seed: int = 0) -> list[str]:
+                         strength: float | list[float] | None = None, seed: int = 0, shared: float = 0.5,
+                         n_holdout_people: int = 0) -> list[str]:
     """Write ``folds.csv``/``folds.json`` and runs ``run0..`` (``oof.csv``, ``test.csv``, ``run.json``).
+
+    Args:
+        shared: weight of the noise shared by all runs (0: independent errors, see :func:`synthetic_probs`).
+        n_holdout_people: with > 0, a local holdout of that many more people
+            (``holdout.csv`` beside ``folds.csv`` and in every run, as ``kf folds --holdout`` and ``kf train`` write).
 
     Returns:
         The run names.
     """
     oof_dir = Path(oof_dir)
     oof_dir.mkdir(parents=True, exist_ok=True)
-    folds = synthetic_labels(n_people, k, seed)
+    folds = synthetic_labels(n_people + n_holdout_people, k, seed)
+    hold = folds[folds["person"] >= f"{n_people:06d}"].reset_index(drop=True)[HOLDOUT_COLS]
+    folds = folds[folds["person"] < f"{n_people:06d}"].reset_index(drop=True)
     fp = folds_fingerprint(folds)
     write_csv(folds, oof_dir / "folds.csv")
-    write_json({"k": k, "seed": seed, "n_images": len(folds), "n_people": n_people, "settings_fingerprint": "synthetic",
-                "folds_fingerprint": fp}, oof_dir / "folds.json")
+    meta = {"k": k, "seed": seed, "n_images": len(folds), "n_people": n_people, "settings_fingerprint": "synthetic",
+            "folds_fingerprint": fp}
+    if n_holdout_people:
+        write_csv(hold, oof_dir / HOLDOUT_CSV)
+        meta.update(holdout=n_holdout_people / (n_people + n_holdout_people), n_holdout_people=n_holdout_people,
+                    n_holdout_images=len(hold), holdout_fingerprint=holdout_fingerprint(hold))
+    write_json(meta, oof_dir / "folds.json")
     if strength is None:
         strength = list(np.linspace(1.5, 2.5, n_runs))
-    P = synthetic_probs(folds["label"].to_numpy(), n_runs, strength, seed=seed + 1)
+    P = synthetic_probs(folds["label"].to_numpy(), n_runs, strength, shared, seed=seed + 1)
+    H = synthetic_probs(hold["label"].to_numpy(), n_runs, strength, shared, seed=seed + 4)
     y_test = np.random.default_rng(seed + 2).integers(0, N_CLASSES, n_test)
-    T = synthetic_probs(y_test, n_runs, strength, seed=seed + 3)
+    T = synthetic_probs(y_test, n_runs, strength, shared, seed=seed + 3)
     ids = [f"{i:04x}{'ab' * 4}.jpg" for i in range(n_test)]
     names = []
     for m in range(n_runs):
@@ -94,6 +108,8 @@ def write_synthetic_runs(oof_dir: str | Path, n_people: int = 100, n_runs: int =
         write_csv(oof, d / "oof.csv", float_format="%.8g")
         write_csv(pd.concat([pd.DataFrame({"ImageID": ids}), pd.DataFrame(T[m], columns=PROB_COLS)], axis=1),
                   d / "test.csv", float_format="%.8g")
+        if n_holdout_people:
+            write_csv(pd.concat([hold, pd.DataFrame(H[m], columns=PROB_COLS)], axis=1), d / HOLDOUT_CSV, float_format="%.8g")
         write_json({"name": name, "config": {"model": "synthetic", "strength": float(np.atleast_1d(strength)[m])},
                     "folds_fingerprint": fp, "k": k, "tta": "none", "finished": True}, d / "run.json")
         names.append(name)

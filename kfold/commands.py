@@ -43,21 +43,25 @@ def make_data_cmd(out, people, eval_people, size, seed, noise, quirks):
 @oof_option
 @label_options
 @click.option("--force", is_flag=True, help="Rewrite oof/folds.csv even if it was made with other settings.")
-def folds_cmd(data, oof, age_cuts, corrections, k, folds_seed, force):
+def folds_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, force):
     """Write OOF_DIR/folds.csv: person-grouped, stratified (gender x age band) K-fold.
 
     \b
     Example:
       kf folds --data ../shared/maskfaces --k 5 --folds-seed 42 --age-cuts 30,58
+      kf folds --data ../shared/maskfaces --holdout 0.2   # 20% of the people as a local holdout
     """
     from .data import read_eval, read_train
     from .folds import ensure_folds, stratification_report
 
     images, report = read_train(data, age_cuts, corrections)
     test = read_eval(data)
-    folds, meta, reused = ensure_folds(images, oof, k, folds_seed, force=force)
+    folds, meta, reused = ensure_folds(images, oof, k, folds_seed, force=force, holdout=holdout)
     click.echo(f"{data}: {images.person.nunique()} people, {len(images)} train images, {len(test)} eval images; {report.summary()}")
     click.echo(f"{'reused' if reused else 'wrote'} {Path(oof) / 'folds.csv'}: K={meta['k']} seed={meta['seed']}")
+    if meta.get("holdout"):
+        click.echo(f"{'reused' if reused else 'wrote'} {Path(oof) / 'holdout.csv'}: {meta['n_holdout_people']} people "
+                   f"({meta['holdout']:g} of all), {meta['n_holdout_images']} images withheld from every fold")
     tab = stratification_report(folds, images)
     click.echo("gender x age-band share per fold (%), people counted once:")
     click.echo(tab.to_string())
@@ -95,7 +99,7 @@ def parse_folds(value: str, k: int) -> list[int] | None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: folds one after another here; ray: each (run, fold) a Ray task (pip install -e '.[ray]').")
 @click.option("--address", default=None, help="Ray cluster address (auto or host:port); default: start a local Ray.")
-def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, overrides, force, progress, executor, address):
+def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs, fold, overrides, force, progress, executor, address):
     """Train each config's backbone on each fold; write OOF and test probabilities.
 
     Finished folds are skipped on rerun; an interrupted fold resumes from its
@@ -115,7 +119,7 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, ov
     if len(set(names)) != len(names):
         raise click.UsageError(f"two configs share a run name: {names}; give each a distinct name")
     folds = parse_folds(fold, k)  # before load_data writes folds.csv
-    bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed)
+    bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed, holdout=holdout)
     metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress,
                        executor=executor, address=address)
     done = [m for m in metas if m["finished"]]

@@ -12,6 +12,14 @@ stores the settings and two fingerprints (``joblib.hash``):
   whose settings differ is refused instead of silently reusing the file.
 * ``folds_fingerprint``: the fold table itself. Every run records it, and
   ``kf ensemble`` refuses runs whose folds differ.
+
+A local holdout (``--holdout 0.2``) withholds a stratified, person-grouped
+share of the people from every fold: they are listed in ``oof/holdout.csv``
+(``image, person, label``) instead of ``folds.csv``, never trained on,
+validated on or used by any fit; ``kf train`` predicts them exactly as it
+predicts the test set (mean of the K fold models, with TTA) into
+``<run>/holdout.csv``, so their macro F1 is a private-leaderboard-like check
+of every estimate (docs/ensemble.md).
 """
 from __future__ import annotations
 
@@ -26,6 +34,43 @@ from .io import KfError, read_csv, read_json, write_csv, write_json
 
 FOLDS_CSV = "folds.csv"
 FOLDS_JSON = "folds.json"
+HOLDOUT_CSV = "holdout.csv"
+HOLDOUT_COLS = ["image", "person", "label"]
+
+
+def make_holdout(images: pd.DataFrame, fraction: float, seed: int = 42) -> np.ndarray:
+    """Choose the holdout people: a ``fraction`` of the people, stratified by gender x age band.
+
+    Uses scikit-learn's ``train_test_split`` on one row per person, stratified
+    on the person-level ``gender * 3 + age_band`` class (unstratified when a
+    class has fewer than 2 people), so all images of a person are on one side.
+
+    Args:
+        images: one row per image with ``person``, ``gender`` and ``age_band`` columns.
+        fraction: share of the people withheld, ``0 < fraction < 1``.
+        seed: ``random_state`` of the split.
+
+    Returns:
+        ``(n_images,)`` bool mask, True for the images of holdout people.
+
+    Raises:
+        KfError: ``fraction`` outside (0, 1), or it leaves no person on one side.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < fraction < 1:
+        raise KfError(f"--holdout {fraction:g}: expected a fraction of the people between 0 and 1 (e.g. 0.2)")
+    per = images.drop_duplicates("person")
+    n_hold = int(round(fraction * len(per)))
+    if n_hold < 1 or n_hold >= len(per):
+        raise KfError(f"--holdout {fraction:g}: withholds {n_hold} of {len(per)} people; keep at least one on each side")
+    strat = (per["gender"] * 3 + per["age_band"]).to_numpy()
+    people = per["person"].to_numpy()
+    try:
+        _, held = train_test_split(people, test_size=n_hold, stratify=strat, random_state=seed)
+    except ValueError:  # a class with a single person cannot be stratified
+        _, held = train_test_split(people, test_size=n_hold, random_state=seed)
+    return images["person"].isin(set(held)).to_numpy()
 
 
 def make_folds(images: pd.DataFrame, k: int = 5, seed: int = 42) -> pd.DataFrame:
@@ -55,10 +100,10 @@ def make_folds(images: pd.DataFrame, k: int = 5, seed: int = 42) -> pd.DataFrame
                          "label": images["label"].to_numpy(), "fold": fold})
 
 
-def settings_fingerprint(images: pd.DataFrame, k: int, seed: int) -> str:
-    """``joblib.hash`` of what determines the folds: K, seed, images, persons and labels."""
-    return joblib.hash([int(k), int(seed), images["image"].tolist(), images["person"].tolist(),
-                        images["label"].astype(int).tolist()])
+def settings_fingerprint(images: pd.DataFrame, k: int, seed: int, holdout: float = 0.0) -> str:
+    """``joblib.hash`` of what determines the folds: K, seed, holdout fraction, images, persons and labels."""
+    parts = [int(k), int(seed), images["image"].tolist(), images["person"].tolist(), images["label"].astype(int).tolist()]
+    return joblib.hash(parts + [float(holdout)] if holdout else parts)
 
 
 def folds_fingerprint(folds: pd.DataFrame) -> str:
@@ -67,8 +112,13 @@ def folds_fingerprint(folds: pd.DataFrame) -> str:
 
 
 def ensure_folds(images: pd.DataFrame, oof_dir: str | Path, k: int = 5, seed: int = 42,
-                 force: bool = False) -> tuple[pd.DataFrame, dict, bool]:
+                 force: bool = False, holdout: float = 0.0) -> tuple[pd.DataFrame, dict, bool]:
     """Load ``oof/folds.csv`` when it matches these settings, else write it.
+
+    With ``holdout`` > 0 a share of the people (:func:`make_holdout`, same
+    ``seed``) is written to ``oof/holdout.csv`` and left out of the folds;
+    ``folds.json`` records ``holdout``, ``n_holdout_people`` and
+    ``holdout_fingerprint`` (read it back with :func:`load_holdout`).
 
     Returns:
         ``(folds, meta, reused)``: the fold table, the ``folds.json`` content and
@@ -81,23 +131,60 @@ def ensure_folds(images: pd.DataFrame, oof_dir: str | Path, k: int = 5, seed: in
     oof_dir = Path(oof_dir)
     oof_dir.mkdir(parents=True, exist_ok=True)
     csv, meta_path = oof_dir / FOLDS_CSV, oof_dir / FOLDS_JSON
-    want = settings_fingerprint(images, k, seed)
+    want = settings_fingerprint(images, k, seed, holdout)
     if csv.exists() and not force:
         meta = read_json(meta_path)
         if meta.get("settings_fingerprint") != want:
             raise KfError(
                 f"{csv}: made with other settings (K={meta.get('k')}, seed={meta.get('seed')}, "
-                f"{meta.get('n_images')} images) than asked (K={k}, seed={seed}, {len(images)} images, "
+                f"holdout={meta.get('holdout', 0)}, {meta.get('n_images')} images) than asked (K={k}, seed={seed}, "
+                f"holdout={holdout:g}, {len(images)} images, "
                 "or other labels/corrections); use another --oof folder, or --force to rewrite it "
                 "(runs trained on the old folds can then not be ensembled with new ones)")
         folds = load_folds(oof_dir)
         return folds, meta, True
-    folds = make_folds(images, k, seed)
+    held = make_holdout(images, holdout, seed) if holdout else np.zeros(len(images), dtype=bool)
+    folds = make_folds(images[~held].reset_index(drop=True), k, seed)
     meta = {"k": int(k), "seed": int(seed), "n_images": len(folds), "n_people": int(folds.person.nunique()),
             "settings_fingerprint": want, "folds_fingerprint": folds_fingerprint(folds)}
+    hold_csv = oof_dir / HOLDOUT_CSV
+    if holdout:
+        hold = images.loc[held, HOLDOUT_COLS].reset_index(drop=True)
+        meta.update({"holdout": float(holdout), "n_holdout_people": int(hold.person.nunique()),
+                     "n_holdout_images": len(hold), "holdout_fingerprint": holdout_fingerprint(hold)})
+        write_csv(hold, hold_csv)
+    else:
+        hold_csv.unlink(missing_ok=True)
     write_csv(folds, csv)
     write_json(meta, meta_path)
     return folds, meta, False
+
+
+def holdout_fingerprint(holdout: pd.DataFrame) -> str:
+    """``joblib.hash`` of the holdout table (image, person, label)."""
+    return joblib.hash([holdout[c].tolist() for c in ("image", "person")] + [holdout["label"].astype(int).tolist()])
+
+
+def load_holdout(oof_dir: str | Path, meta: dict | None = None) -> pd.DataFrame:
+    """Read ``oof/holdout.csv`` (``image, person, label``), checked against ``folds.json``.
+
+    Returns:
+        The holdout table, or an empty one with those columns when the folds have no holdout.
+
+    Raises:
+        KfError: ``folds.json`` records a holdout but the file is missing, or it does not match its fingerprint.
+    """
+    oof_dir = Path(oof_dir)
+    meta = read_json(oof_dir / FOLDS_JSON) if meta is None else meta
+    if not meta.get("holdout"):
+        return pd.DataFrame({"image": pd.Series(dtype=str), "person": pd.Series(dtype=str),
+                             "label": pd.Series(dtype=np.int64)})
+    csv = oof_dir / HOLDOUT_CSV
+    hold = read_csv(csv, required=HOLDOUT_COLS, dtype={"person": str, "image": str})
+    if holdout_fingerprint(hold) != meta.get("holdout_fingerprint"):
+        raise KfError(f"{csv}: content does not match holdout_fingerprint in {oof_dir / FOLDS_JSON} (edited or damaged); "
+                      "rerun kf folds --force")
+    return hold[HOLDOUT_COLS]
 
 
 def load_folds(oof_dir: str | Path) -> pd.DataFrame:
@@ -124,7 +211,8 @@ def stratification_report(folds: pd.DataFrame, images: pd.DataFrame) -> pd.DataF
         ``g<gender>a<band>`` and a ``max_dev_pp`` column: the largest absolute
         deviation from the overall share in percentage points.
     """
-    per = images.assign(fold=folds["fold"].to_numpy()).drop_duplicates("person")
+    per = folds[["image", "fold"]].merge(images[["image", "person", "gender", "age_band"]], on="image")
+    per = per.drop_duplicates("person")  # holdout people (not in folds) are left out
     cls = "g" + per["gender"].astype(str) + "a" + per["age_band"].astype(str)
     tab = pd.crosstab(per["fold"], cls, normalize="index") * 100
     overall = cls.value_counts(normalize=True).reindex(tab.columns).fillna(0) * 100

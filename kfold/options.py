@@ -23,8 +23,17 @@ def parse_age_cuts(ctx: click.Context, param: click.Parameter, value: str) -> tu
     return a, b
 
 
+def check_holdout(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # nan passes FloatRange
+        raise click.BadParameter("expected a fraction of the people in [0, 1), e.g. 0.2")
+    return value
+
+
 def label_options(f):
-    """``--age-cuts``, ``--corrections``, ``--k`` and ``--folds-seed``: what defines labels and folds."""
+    """``--age-cuts``, ``--corrections``, ``--k``, ``--folds-seed`` and ``--holdout``: what defines labels and folds."""
+    f = click.option("--holdout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+                     callback=check_holdout, help="Share of the people withheld from every fold as a local holdout (e.g. 0.2): "
+                          "predicted like the test set, scored beside every estimate, never fitted on.")(f)
     f = click.option("--folds-seed", default=42, show_default=True, help="random_state of StratifiedGroupKFold.")(f)
     f = click.option("--k", default=5, show_default=True, help="Number of folds.")(f)
     f = click.option("--corrections", type=click.Path(dir_okay=False), default=None,

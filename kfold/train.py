@@ -28,6 +28,7 @@ import torch
 
 from . import __version__
 from .config import TrainConfig, dump_config
+from .folds import HOLDOUT_COLS
 from .io import KfError, atomic_write, crash_point, read_json, write_csv, write_json
 
 PROB_COLS = [f"prob_{c}" for c in range(18)]
@@ -44,6 +45,11 @@ class DataBundle:
     folds_meta: dict          # folds.json
     test: pd.DataFrame        # ImageID, image (info.csv order)
     data_settings: dict       # root, age_cuts, corrections
+    holdout: pd.DataFrame | None = None  # image, person, label (holdout.csv order); None or empty: no holdout
+
+    @property
+    def has_holdout(self) -> bool:
+        return self.holdout is not None and len(self.holdout) > 0
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 18) -> float:
@@ -159,8 +165,9 @@ class FoldTrainer:
 
     def __init__(self, cfg: TrainConfig, fold: int, run_dir: Path, data: DataBundle, train_cache: np.ndarray,
                  test_cache: np.ndarray, device: torch.device, workers: int, echo: Callable[[str], None] = print,
-                 progress: bool | None = None):
+                 progress: bool | None = None, holdout_cache: np.ndarray | None = None):
         self.cfg, self.fold, self.data, self.device, self.workers, self.echo = cfg, fold, data, device, workers, echo
+        self.holdout_cache = holdout_cache
         self.dir = run_dir / f"fold{fold}"
         self.train_cache, self.test_cache = train_cache, test_cache
         self.progress = progress
@@ -321,6 +328,9 @@ class FoldTrainer:
         folds = self.data.folds.iloc[self.va_idx]
         write_csv(_probs_frame(folds[["image", "person", "fold", "label"]], oof), self.dir / "oof.csv")
         write_csv(_probs_frame(self.data.test[["ImageID"]], test), self.dir / "test.csv")
+        if self.holdout_cache is not None:  # predicted exactly as the test set: this fold's model, with TTA
+            hold = self.predict(eval_model, self.holdout_cache, None, cfg.tta)
+            write_csv(_probs_frame(self.data.holdout[HOLDOUT_COLS], hold), self.dir / "holdout.csv")
         result = {"fold": self.fold, "macro_f1": macro_f1(folds["label"].to_numpy(), oof.argmax(1)),
                   "macro_f1_no_tta": best, "best_epoch": best_epoch, "epochs_run": len(history),
                   "seconds": time.time() - t_fold + sum(h["seconds"] for h in history[:start_epoch])}
@@ -386,6 +396,11 @@ def assemble_run(cfg: TrainConfig, run_dir: Path, data: DataBundle) -> dict:
         test = _probs_frame(data.test[["ImageID"]], test_probs)
         write_csv(oof, run_dir / "oof.csv")
         write_csv(test, run_dir / "test.csv")
+        if data.has_holdout:  # the mean of the fold models, as for test.csv
+            hold_probs = np.mean([pd.read_csv(run_dir / f"fold{f}" / "holdout.csv")[PROB_COLS].to_numpy()
+                                  for f in range(k)], axis=0)
+            write_csv(_probs_frame(data.holdout[HOLDOUT_COLS], hold_probs), run_dir / "holdout.csv")
+            meta["holdout_macro_f1"] = macro_f1(data.holdout["label"].to_numpy(), hold_probs.argmax(1))
         meta["oof_macro_f1"] = macro_f1(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1))
         meta["oof_accuracy"] = float((oof["label"].to_numpy() == oof[PROB_COLS].to_numpy().argmax(1)).mean())
         meta["seconds"] = float(sum(r["seconds"] for r in done.values()))
@@ -401,6 +416,15 @@ def image_caches(data: DataBundle, size: tuple[int, int], oof_dir: Path) -> tupl
     train = build_cache([data.root / p for p in data.folds["image"]], size, oof_dir / "cache")
     test = build_cache([data.root / p for p in data.test["image"]], size, oof_dir / "cache")
     return train, test
+
+
+def holdout_cache(data: DataBundle, size: tuple[int, int], oof_dir: Path) -> np.ndarray | None:
+    """The uint8 image cache of the holdout images at ``size`` (built when absent); None without a holdout."""
+    from .cache import build_cache
+
+    if not data.has_holdout:
+        return None
+    return build_cache([data.root / p for p in data.holdout["image"]], size, oof_dir / "cache")
 
 
 def preflight(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, caches: bool = False) -> None:
@@ -424,6 +448,7 @@ def preflight(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, ca
     if caches:
         for size in dict.fromkeys(tuple(c.image_size) for c in cfgs):
             image_caches(data, size, Path(oof_dir))
+            holdout_cache(data, size, Path(oof_dir))
 
 
 def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle, oof_dir: str | Path,
@@ -452,7 +477,8 @@ def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle,
     train_cache, test_cache = image_caches(data, size, oof_dir)
     echo(f"{cfg.name} fold {fold}: {cfg.model} ({cfg.pretrained}) {size[0]}x{size[1]} on {device}, {threads} threads, "
          f"{workers} workers; image cache ready in {time.time() - t0:.1f} s")
-    r = FoldTrainer(cfg, fold, run_dir, data, train_cache, test_cache, device, workers, echo, progress).run()
+    hold_cache = holdout_cache(data, size, oof_dir)
+    r = FoldTrainer(cfg, fold, run_dir, data, train_cache, test_cache, device, workers, echo, progress, hold_cache).run()
     crash_point("fold-done")
     echo(f"{cfg.name} fold {fold}: OOF macro F1 {r['macro_f1']:.4f} with TTA {cfg.tta} "
          f"(best epoch {r['best_epoch']}, {r['seconds']:.0f} s)")
@@ -495,7 +521,8 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
     def summarise(cfg: TrainConfig, run_dir: Path) -> dict:
         meta = assemble_run(cfg, run_dir, data)
         if meta["finished"]:
-            echo(f"{cfg.name}: OOF macro F1 {meta['oof_macro_f1']:.4f}, accuracy {meta['oof_accuracy']:.4f} over {k} folds "
+            hold = f", holdout macro F1 {meta['holdout_macro_f1']:.4f}" if "holdout_macro_f1" in meta else ""
+            echo(f"{cfg.name}: OOF macro F1 {meta['oof_macro_f1']:.4f}, accuracy {meta['oof_accuracy']:.4f} over {k} folds{hold} "
                  f"({meta['seconds'] / 60:.1f} min) -> {run_dir / 'oof.csv'}, {run_dir / 'test.csv'}")
         else:
             echo(f"{cfg.name}: folds done {sorted(int(f) for f in meta['folds'])} of {k}; oof.csv/test.csv come when all are done")
@@ -516,18 +543,20 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
 
 
 def load_data(root: str | Path, oof_dir: str | Path, age_cuts=(30, 60), corrections=None, k: int = 5,
-              seed: int = 42, force_folds: bool = False) -> DataBundle:
-    """Read the competition folder and ensure ``folds.csv``: what :func:`train_runs` needs.
+              seed: int = 42, force_folds: bool = False, holdout: float = 0.0) -> DataBundle:
+    """Read the competition folder and ensure ``folds.csv`` (and ``holdout.csv``): what :func:`train_runs` needs.
+
+    ``holdout``: share of the people withheld from every fold (see :func:`kfold.folds.ensure_folds`).
 
     Raises:
         KfError: see :func:`kfold.data.read_train`, :func:`kfold.data.read_eval`, :func:`kfold.folds.ensure_folds`.
     """
     from .data import read_eval, read_train
-    from .folds import ensure_folds
+    from .folds import ensure_folds, load_holdout
 
     images, _ = read_train(root, age_cuts, corrections)
     test = read_eval(root)
-    folds, meta, _ = ensure_folds(images, oof_dir, k, seed, force=force_folds)
+    folds, meta, _ = ensure_folds(images, oof_dir, k, seed, force=force_folds, holdout=holdout)
     settings = {"root": str(Path(root).resolve()), "age_cuts": [float(a) for a in age_cuts],
                 "corrections": str(Path(corrections).resolve()) if corrections else None}
-    return DataBundle(Path(root), folds, meta, test, settings)
+    return DataBundle(Path(root), folds, meta, test, settings, load_holdout(oof_dir, meta))

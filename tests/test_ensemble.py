@@ -361,14 +361,24 @@ def test_cli_method_all_reports_every_method(oof, tmp_path):
         assert (oof / "ensemble" / f"{m}.json").is_file() and (oof / "ensemble" / m / "test.csv").is_file()
 
 
-def test_best_is_the_highest_nested_estimate_not_the_highest_in_sample_score(oof, tmp_path):
+def test_best_follows_the_pooled_estimate_and_takes_a_blend_only_when_it_beats_the_best_run_credibly(oof, tmp_path):
     res = _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", "all", "--bias")
     assert res.exit_code == 0, res.output
-    scores = pd.read_csv(oof / "ensemble" / "all+bias_scores.csv")
-    want = scores.loc[scores["nested_macro_f1"].idxmax()]
+    scores = pd.read_csv(oof / "ensemble" / "all+bias_scores.csv")  # 6 decimals: compared at 1e-6
+    assert scores["chosen"].sum() == 1
+    want = scores[scores["chosen"]].iloc[0]
+    runs, blends = scores[scores["kind"] == "run"], scores[scores["kind"] == "ensemble"]
+    base = runs["pooled_macro_f1"].max()
+    credible = blends[(blends["pooled_macro_f1"] > base + 1e-6) & (blends["pooled_p_better"] >= 0.9)]
+    if want["kind"] == "run":  # the best single run, and no blend beats it credibly
+        assert want["pooled_macro_f1"] == pytest.approx(base, abs=1e-6) and credible.empty
+    else:  # a credible blend, the highest of them
+        assert want["pooled_p_better"] >= 0.9 and want["pooled_macro_f1"] > base - 1e-6
+        assert want["pooled_macro_f1"] >= credible["pooled_macro_f1"].max() - 1e-6
     meta = json.loads((oof / "ensemble" / "best" / "run.json").read_text())
     assert meta["chosen"] == want["name"] and meta["kind"] == "ensemble" and meta["finished"] is True
-    assert f"best by nested macro F1: {want['name']}" in res.output
+    assert list(scores.loc[scores["chosen"], "name"]) == [want["name"]]
+    assert meta["reason"].startswith(f"{want['name']}:") and meta["reason"] in res.output
     src = oof / want["name"] if want["kind"] == "run" else oof / "ensemble" / want["name"]
     for name in ("oof.csv", "test.csv"):
         np.testing.assert_allclose(pd.read_csv(oof / "ensemble" / "best" / name)[PROB_COLS].to_numpy(),
@@ -394,8 +404,8 @@ def test_a_later_weaker_call_keeps_best_and_a_stronger_one_replaces_it(tmp_path)
     res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run1,run2",
                   "--name", "weak")
     assert res.exit_code == 0, res.output
-    weaker = pd.read_csv(d / "ensemble" / "weak_scores.csv")["nested_macro_f1"].max()
-    assert weaker < meta["nested_macro_f1"]
+    weaker = pd.read_csv(d / "ensemble" / "weak_scores.csv")["pooled_macro_f1"].max()
+    assert weaker < meta["selection_score"]
     assert {n: (best / n).read_bytes() for n in first} == first
     assert f"kept {best}/: {meta['chosen']} of run0,run1" in res.output
     # a call whose best is higher replaces it: run2 becomes a near-perfect run
@@ -406,13 +416,13 @@ def test_a_later_weaker_call_keeps_best_and_a_stronger_one_replaces_it(tmp_path)
                   "--name", "weak")
     assert res.exit_code == 0, res.output
     new = json.loads((best / "run.json").read_text())
-    run2 = pd.read_csv(d / "ensemble" / "weak_scores.csv").set_index("name").loc["run2", "nested_macro_f1"]
-    assert run2 > meta["nested_macro_f1"]  # a fold's macro F1 < 1 only because it lacks some of the 18 classes
-    assert new["chosen"] == "run2" and new["nested_macro_f1"] == pytest.approx(run2) and f"wrote {best}/" in res.output
+    run2 = pd.read_csv(d / "ensemble" / "weak_scores.csv").set_index("name").loc["run2", "pooled_macro_f1"]
+    assert run2 > meta["selection_score"]
+    assert new["chosen"] == "run2" and new["selection_score"] == pytest.approx(run2, abs=1e-6) and f"wrote {best}/" in res.output
     # other folds: the old best is not comparable and is replaced
     rj = json.loads((best / "run.json").read_text())
     rj["folds_fingerprint"] = "0" * 32
-    rj["nested_macro_f1"] = 1.0
+    rj["selection_score"] = 1.0
     (best / "run.json").write_text(json.dumps(rj))
     res = _invoke("ensemble", "--oof", d, "--data", tmp_path / "nodata", "--method", "soft", "--runs", "run0,run1")
     assert res.exit_code == 0, res.output
