@@ -6,7 +6,9 @@
 #
 # Variables: DATA (competition folder; default: generate data/demo), OOF (stage
 # folder; default oof/demo or oof/<data folder name>), CONFIGS (space-separated
-# YAML files), SET (extra --set overrides, e.g. "epochs=1"), OUT (submission path).
+# YAML files), SET (extra --set overrides, e.g. "epochs=1"), OUT (submission path),
+# HOLDOUT (share of the people withheld as a local holdout, e.g. 0.2: every
+# estimate is then printed beside its holdout score; default none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NO_ALBUMENTATIONS_UPDATE=1
@@ -30,12 +32,14 @@ config_args=()
 for c in $CONFIGS; do config_args+=(--config "$c"); done
 set_args=()
 for s in ${SET:-}; do set_args+=(--set "$s"); done
+holdout_args=()
+[ -n "${HOLDOUT:-}" ] && holdout_args=(--holdout "$HOLDOUT")
 
 start=$(date +%s)
 echo "== kf train: $CONFIGS on $DATA (stage files in $OOF)"
-kf train --data "$DATA" --oof "$OOF" "${config_args[@]}" "${set_args[@]}" --fold all --no-progress
+kf train --data "$DATA" --oof "$OOF" "${holdout_args[@]}" "${config_args[@]}" "${set_args[@]}" --fold all --no-progress
 echo "== kf ensemble: every method, in-sample and nested, with per-class bias tuning"
 kf ensemble --data "$DATA" --oof "$OOF" --method all --bias
-echo "== kf submit: the best by nested macro F1 (a blend only where it honestly beats the single runs)"
+echo "== kf submit: ensemble/best (the best single run, or a blend that beats it credibly)"
 kf submit --data "$DATA" --oof "$OOF" --from ensemble/best --out "$OUT" --overwrite "${GT_ARGS[@]}"
 echo "== main job done in $(( $(date +%s) - start )) s: $OUT"
