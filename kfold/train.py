@@ -73,6 +73,24 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return dev
 
 
+def forced_threads() -> int | None:
+    """The torch thread count forced by the environment variable ``KF_THREADS`` (None when unset or empty).
+
+    Raises:
+        KfError: ``KF_THREADS`` is not a positive integer.
+    """
+    value = os.environ.get("KF_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        threads = int(value)
+    except ValueError:
+        threads = 0
+    if threads < 1:
+        raise KfError(f"KF_THREADS={value!r}: expected a positive integer (torch threads replacing threads: auto)")
+    return threads
+
+
 def resolve_workers(cfg: TrainConfig, device: torch.device, cores: int | None = None) -> tuple[int, int]:
     """``(torch threads, DataLoader workers)``.
 
@@ -82,13 +100,20 @@ def resolve_workers(cfg: TrainConfig, device: torch.device, cores: int | None = 
     (docs/benchmarks.md), one worker beside 2 torch threads oversubscribes
     and is slower, since augmentation of cached small images is cheap next
     to the model. On CUDA: workers = min(8, cores - 1), torch threads unchanged.
+    The environment variable ``KF_THREADS=<n>`` replaces ``threads: auto`` by
+    ``n`` torch threads on any device (an explicit ``threads: <n>`` still wins);
+    the test suite and CI use it to rerun training with another thread count.
+
+    Raises:
+        KfError: ``KF_THREADS`` is set but not a positive integer.
     """
     cores = cores or os.cpu_count() or 1
+    forced = forced_threads()
     if device.type == "cuda":
-        threads = torch.get_num_threads() if cfg.threads == "auto" else int(cfg.threads)
+        threads = (forced or torch.get_num_threads()) if cfg.threads == "auto" else int(cfg.threads)
         workers = min(8, max(cores - 1, 0)) if cfg.num_workers == "auto" else int(cfg.num_workers)
     else:
-        threads = cores if cfg.threads == "auto" else max(1, int(cfg.threads))
+        threads = (forced or cores) if cfg.threads == "auto" else max(1, int(cfg.threads))
         workers = 0 if cfg.num_workers == "auto" else int(cfg.num_workers)
     return threads, workers
 

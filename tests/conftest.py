@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny generated competition data, made with the users' own generator."""
+"""Shared fixtures: tiny generated competition data, made with the users' own generator.
+
+``KF_THREADS=<n>`` (docs/training.md) sets torch's thread count for the whole
+run: kf's ``threads: auto`` follows it in every process, and so does this
+process for the tests that call models directly. Tests marked ``trains``
+train or run a torch model; CI reruns them with ``KF_THREADS=1``.
+"""
 from __future__ import annotations
 
 import os
@@ -8,6 +14,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pytest
 
 from kfold.synth import make_data
+from kfold.train import forced_threads
+
+if forced_threads():
+    import torch
+
+    torch.set_num_threads(forced_threads())
 
 
 @pytest.fixture(scope="session")

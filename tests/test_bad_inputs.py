@@ -496,6 +496,7 @@ def test_a_truncated_jpeg_among_182_images_decoded_in_parallel_is_one_error_line
     assert not list((ws.root / "oof_all" / "cache").glob("*.npy"))
 
 
+@pytest.mark.trains
 def test_a_run_stopped_by_a_bad_image_continues_after_the_fix_without_force(ws):
     """The refused call left oof/tiny/ with run.json and no trained fold; fixing the input and rerunning works."""
     f = ws.jpeg(0)
@@ -605,6 +606,7 @@ def test_an_unknown_extra_file_is_one_warning_line_and_the_run_continues(ws):
     assert (ws.root / "oof_new" / "folds.csv").read_bytes() == (ws.oof / "folds.csv").read_bytes()
 
 
+@pytest.mark.trains
 def test_alpha_and_grayscale_images_decode_as_rgb_and_train(ws):
     alpha_png(ws)
     grayscale_jpeg(ws)

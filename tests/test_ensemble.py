@@ -418,6 +418,7 @@ def test_a_later_weaker_call_keeps_best_and_a_stronger_one_replaces_it(tmp_path)
     new = json.loads((best / "run.json").read_text())
     run2 = pd.read_csv(d / "ensemble" / "weak_scores.csv").set_index("name").loc["run2", "pooled_macro_f1"]
     assert run2 > meta["selection_score"]
+    # weak_scores.csv holds 6 decimals, run.json the unrounded value
     assert new["chosen"] == "run2" and new["selection_score"] == pytest.approx(run2, abs=1e-6) and f"wrote {best}/" in res.output
     # other folds: the old best is not comparable and is replaced
     rj = json.loads((best / "run.json").read_text())

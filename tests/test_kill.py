@@ -19,6 +19,8 @@ import pytest
 
 from kfold.train import PROB_COLS
 
+pytestmark = pytest.mark.trains
+
 CONFIG = """model: test_efficientnet
 pretrained: none
 image_size: [32, 32]

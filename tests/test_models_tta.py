@@ -65,6 +65,7 @@ def test_unknown_backbone_and_missing_weights_file_are_one_line_errors(tmp_path)
         create_model("test_efficientnet", f"file:{tmp_path / 'junk.pth'}")
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("name,size", [("hflip", (24, 24)), ("flip", (24, 24)), ("d4", (24, 24)), ("d4", (24, 32))])
 def test_batched_tta_equals_a_per_view_loop(name, size):
     torch.manual_seed(0)
@@ -78,6 +79,7 @@ def test_batched_tta_equals_a_per_view_loop(name, size):
     assert len(tta_compose(name)) == {"hflip": 2, "flip": 4, "d4": 8}[name]
 
 
+@pytest.mark.trains
 def test_hflip_tta_differs_from_plain_prediction_and_rows_sum_to_one():
     torch.manual_seed(0)
     model = timm.create_model("test_efficientnet", num_classes=18).eval()

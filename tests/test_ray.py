@@ -3,9 +3,10 @@
 Two tiny runs (test_efficientnet at 32x32, 1 epoch, 2 folds) are trained once
 by ``kf train`` in a fresh local process and once as Ray tasks on a
 module-wide local Ray instance (2 CPUs, no dashboard). Both pin
-``device: cpu`` and ``threads: 2``, so every process computes with the same
-torch settings whatever this machine's core count. The Ray tests are skipped
-when Ray is not installed; the others run without it.
+``device: cpu`` and ``threads: 2`` (``KF_THREADS`` when set: CI's rerun
+compares them at one thread), so every process computes with the same torch
+settings whatever this machine's core count. The Ray tests are skipped when
+Ray is not installed; the others run without it.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ from kfold.cli import main
 from kfold.config import load_config
 from kfold.executors import run_on_ray, task_resources
 from kfold.io import KfError
-from kfold.train import PROB_COLS, load_data
+from kfold.train import PROB_COLS, forced_threads, load_data
 
 RUNS = {"a": {"seed": 7, "lr": 0.003}, "b": {"seed": 8, "lr": 0.001}}
+THREADS = forced_threads() or 2
 TINY = {"model": "test_efficientnet", "pretrained": "none", "image_size": [32, 32], "epochs": 1, "batch_size": 16,
-        "tta": "hflip", "eval_batch_size": 64, "augment": {"affine": 0}, "device": "cpu", "threads": 2}
+        "tta": "hflip", "eval_batch_size": 64, "augment": {"affine": 0}, "device": "cpu", "threads": THREADS}
 NO_RAY = "ray not imported"
 
 # Runs `kf train` ARGS in a fresh process (the local executor), after `kf train --help`, and says whether
@@ -118,6 +120,7 @@ def test_kf_train_executor_ray_without_ray_installed_is_a_one_line_error(tiny_da
     assert not (tmp_path / "oof" / "a").exists()  # nothing written before the check
 
 
+@pytest.mark.trains
 def test_kf_train_help_and_local_training_never_import_ray(local):
     _, output, _ = local
     assert "help: ray not imported" in output
@@ -140,6 +143,7 @@ def test_ray_tasks_ask_for_one_gpu_where_the_cluster_has_gpus_else_a_whole_node_
 
 
 # -- with Ray -------------------------------------------------------------------------------------
+@pytest.mark.trains
 def test_ray_run_writes_the_local_executors_oof_and_test_files_and_summary(local, on_ray):
     local_oof, local_out, _ = local
     ray_oof, ray_out, _ = on_ray
@@ -155,9 +159,10 @@ def test_ray_run_writes_the_local_executors_oof_and_test_files_and_summary(local
         assert {f: r["macro_f1"] for f, r in b["folds"].items()} == {f: r["macro_f1"] for f, r in a["folds"].items()}
     assert summary_rows(ray_out) == summary_rows(local_out)
     assert "ray: 4 fold task(s) on 1 node(s) (2 CPUs, 0 GPUs); each asks for 2 CPUs; up to 2 retries" in ray_out
-    assert ray_out.count("2 threads") == 4  # each task's log line came back to the driver
+    assert ray_out.count(f"{THREADS} threads") == 4  # each task's log line came back to the driver
 
 
+@pytest.mark.trains
 def test_ray_rerun_skips_finished_folds_without_retraining(on_ray, tiny_data):
     ray_oof, _, configs = on_ray
     results = sorted(ray_oof.glob("*/fold*/result.json"))
@@ -182,7 +187,7 @@ class FlakyThreads:
         n = len(Path(self.log).read_text().splitlines())
         if n <= self.fails:
             raise self.error(f"attempt {n} failed")
-        return 2
+        return THREADS
 
 
 def flaky_job(on_ray, tmp_path: Path, fails: int, error: type[Exception]):
@@ -197,6 +202,7 @@ def attempts(tmp_path: Path) -> int:
     return len((tmp_path / "attempts.txt").read_text().splitlines())
 
 
+@pytest.mark.trains
 def test_a_task_that_fails_once_is_retried_and_succeeds(on_ray, tiny_data, tmp_path):
     jobs = flaky_job(on_ray, tmp_path, fails=1, error=RuntimeError)
     data = load_data(tiny_data, on_ray[0], k=2)
@@ -204,6 +210,7 @@ def test_a_task_that_fails_once_is_retried_and_succeeds(on_ray, tiny_data, tmp_p
     assert r["skipped"] is True and attempts(tmp_path) == 2
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("error, message, tries", [
     (RuntimeError, "a fold 0 failed after 2 retries: RuntimeError: attempt 3 failed", 3),  # retried twice
     (KfError, "a fold 0: attempt 1 failed", 1),  # bad input: one line, no retries

@@ -1,6 +1,7 @@
 """kf train on tiny generated data: OOF integrity, test order, resume, configs, weight loading, TTA."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def trained(tiny_data, tmp_path_factory):
     return tmp / "oof", data, metas[0], seen
 
 
+@pytest.mark.trains
 def test_oof_has_one_row_per_train_image_predicted_by_the_fold_that_never_saw_its_person(trained):
     oof_dir, data, meta, seen = trained
     oof = pd.read_csv(oof_dir / "tiny" / "oof.csv", dtype={"person": str})
@@ -63,6 +65,7 @@ def test_oof_has_one_row_per_train_image_predicted_by_the_fold_that_never_saw_it
     np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
 
 
+@pytest.mark.trains
 def test_test_csv_is_in_info_order_sums_to_one_and_is_the_mean_of_fold_models(trained, tiny_data):
     oof_dir, data, meta, _ = trained
     test = pd.read_csv(oof_dir / "tiny" / "test.csv")
@@ -73,6 +76,7 @@ def test_test_csv_is_in_info_order_sums_to_one_and_is_the_mean_of_fold_models(tr
     np.testing.assert_allclose(test[PROB_COLS].to_numpy(), np.mean(per_fold, axis=0), atol=1e-6)
 
 
+@pytest.mark.trains
 def test_run_records_resolved_config_folds_fingerprint_and_versions(trained):
     oof_dir, data, meta, _ = trained
     cfg = yaml.safe_load((oof_dir / "tiny" / "config.yaml").read_text())
@@ -84,6 +88,7 @@ def test_run_records_resolved_config_folds_fingerprint_and_versions(trained):
     assert torch.load(oof_dir / "tiny" / "fold0" / "best.pt", weights_only=True)
 
 
+@pytest.mark.trains
 def test_finished_folds_are_skipped_on_rerun(trained):
     oof_dir, data, _, _ = trained
     before = (oof_dir / "tiny" / "fold1" / "result.json").stat().st_mtime_ns
@@ -94,6 +99,7 @@ def test_finished_folds_are_skipped_on_rerun(trained):
     assert sum("skipped" in s for s in lines) == 3
 
 
+@pytest.mark.trains
 def test_rerun_with_other_settings_is_refused(trained):
     oof_dir, data, _, _ = trained
     cfg = tiny_config(oof_dir.parent, extra=["epochs=2"])
@@ -105,6 +111,7 @@ class Interrupted(Exception):
     pass
 
 
+@pytest.mark.trains
 def test_resume_after_interruption_gives_the_same_oof_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, extra=["epochs=2", "augment.affine=0.5", "drop_rate=0.2"])
     straight = load_data(tiny_data, tmp_path / "a", k=2, seed=0)
@@ -149,6 +156,7 @@ def test_set_overrides_are_parsed_as_yaml(tmp_path):
         tiny_config(tmp_path, extra=["epochs=0"])
 
 
+@pytest.mark.trains
 def test_cli_train_prints_the_oof_macro_f1_table(tiny_data, tmp_path):
     cfg = tmp_path / "cli.yaml"
     cfg.write_text(yaml.safe_dump({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY if "." not in s)}))
@@ -156,6 +164,7 @@ def test_cli_train_prints_the_oof_macro_f1_table(tiny_data, tmp_path):
                                     "--config", str(cfg), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "OOF macro F1" in res.output and (tmp_path / "oof" / "cli" / "oof.csv").exists()
+    assert f"on cpu, {train.forced_threads() or os.cpu_count()} threads" in res.output  # threads: auto, or KF_THREADS
     bad = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--oof", str(tmp_path / "oof"), "--k", "2",
                                     "--config", str(cfg), "--fold", "5"], prog_name="kf")
     assert bad.exit_code == 2
@@ -163,6 +172,28 @@ def test_cli_train_prints_the_oof_macro_f1_table(tiny_data, tmp_path):
         "error: Invalid value for --fold: fold 5 does not exist with --k 2 (folds are 0..1) (see kf train --help)"]
 
 
+def test_kf_threads_replaces_threads_auto_and_a_bad_value_is_one_error_line(tiny_data, tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    auto, pinned = tiny_config(tmp_path), tiny_config(tmp_path, "pinned", extra=["threads=2"])
+    monkeypatch.delenv("KF_THREADS", raising=False)
+    assert train.resolve_workers(auto, cpu, cores=3) == (3, 0)
+    monkeypatch.setenv("KF_THREADS", "1")
+    assert train.resolve_workers(auto, cpu, cores=3) == (1, 0)
+    assert train.resolve_workers(pinned, cpu, cores=3) == (2, 0)  # an explicit setting wins
+    for bad in ("0", "-2", "two"):
+        monkeypatch.setenv("KF_THREADS", bad)
+        with pytest.raises(KfError, match=rf"^KF_THREADS='{bad}': expected a positive integer"):
+            train.resolve_workers(auto, cpu)
+    res = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--oof", str(tmp_path / "oof"), "--k", "2",
+                                    "--config", str(tmp_path / "tiny.yaml"), "--fold", "0", "--no-progress",
+                                    *[a for s in TINY for a in ("--set", s)]])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        "error: KF_THREADS='two': expected a positive integer (torch threads replacing threads: auto)"]
+    assert not list((tmp_path / "oof" / "tiny").glob("fold0/*"))
+
+
+@pytest.mark.trains
 def test_repredicting_from_checkpoints_with_the_same_tta_reproduces_oof_and_test(trained, tiny_data, tmp_path):
     from kfold.inference import repredict_run
 
@@ -176,6 +207,7 @@ def test_repredicting_from_checkpoints_with_the_same_tta_reproduces_oof_and_test
         np.testing.assert_allclose(a[PROB_COLS].to_numpy(), b[PROB_COLS].to_numpy(), atol=1e-6)
 
 
+@pytest.mark.trains
 def test_kf_ensemble_tta_repredicts_members_and_blends_the_new_predictions(trained, tiny_data):
     oof_dir, _, _, _ = trained
     res = CliRunner().invoke(main, ["ensemble", "--data", str(tiny_data), "--oof", str(oof_dir), "--method", "soft",
@@ -192,6 +224,7 @@ def test_kf_ensemble_tta_repredicts_members_and_blends_the_new_predictions(train
     assert again.exit_code == 0 and "re-predicting" not in again.output  # reused
 
 
+@pytest.mark.trains
 def test_kf_predict_applies_the_fold_models_to_a_folder_of_images(trained, tiny_data, tmp_path):
     oof_dir, _, _, _ = trained
     out = tmp_path / "probs.csv"
@@ -203,6 +236,7 @@ def test_kf_predict_applies_the_fold_models_to_a_folder_of_images(trained, tiny_
     np.testing.assert_allclose(got.loc[test.index, PROB_COLS].to_numpy(), test[PROB_COLS].to_numpy(), atol=1e-5)
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("extra", [
     ["ema=true", "ema_decay=0.9"],
     ["freeze_backbone=true"],
@@ -227,6 +261,7 @@ def test_config_variants_train_one_fold_and_write_valid_probabilities(tiny_data,
         assert any("early stop" in s for s in lines)
 
 
+@pytest.mark.trains
 def test_frozen_backbone_changes_only_the_head(tiny_data, tmp_path):
     from kfold.models import create_model
 
