@@ -41,7 +41,8 @@ def build_train_transform(aug: dict, size: tuple[int, int], seed: int) -> A.Comp
 class CachedImages(Dataset):
     """Rows ``indices`` of a uint8 cache ``(n, height, width, 3)``, augmented, as uint8 tensors.
 
-    Items are ``(image, label int64)`` with ``image`` a contiguous uint8
+    Items are ``(image, label int64)`` (or a float32 target row when ``labels``
+    is 2-D) with ``image`` a contiguous uint8
     ``(3, height, width)`` tensor, or ``(height, width, 3)`` when
     ``channels_last``: the collated ``(batch, height, width, 3)`` batch then
     becomes an NCHW-shaped channels_last tensor by ``permute(0, 3, 1, 2)``,
@@ -64,7 +65,8 @@ class CachedImages(Dataset):
         if self.transform is not None:
             img = self.transform(image=img)["image"]
         img = np.ascontiguousarray(img if self.channels_last else img.transpose(2, 0, 1))
-        return torch.from_numpy(img), int(self.labels[i])
+        y = self.labels[i]  # an int label, or a float row such as [label, age in years] (kfold.heads.training_targets)
+        return torch.from_numpy(img), (int(y) if np.ndim(y) == 0 else torch.from_numpy(np.asarray(y, np.float32)))
 
     def to_nchw(self, batch: torch.Tensor) -> torch.Tensor:
         """A collated batch as ``(batch, 3, height, width)``: a channels_last view when ``channels_last``, else itself."""

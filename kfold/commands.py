@@ -1,4 +1,4 @@
-"""click commands of the ``kfold`` stage: ``make-data``, ``folds``, ``train``."""
+"""click commands of the ``kfold`` stage: ``make-data``, ``folds``, ``train``, ``combine``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -127,3 +127,37 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
         click.echo("run                  OOF macro F1  accuracy  minutes")
         for m in done:
             click.echo(f"{m['name']:<20} {m['oof_macro_f1']:>12.4f}  {m['oof_accuracy']:>8.4f}  {m['seconds'] / 60:>7.1f}")
+
+
+@click.command("combine")
+@oof_option
+@click.option("--mask", "mask_run", required=True, help="Run whose mask marginal is used (e.g. a task: mask run).")
+@click.option("--gender", "gender_run", required=True, help="Run whose gender marginal is used.")
+@click.option("--age", "age_run", required=True, help="Run whose age-band marginal is used.")
+@click.option("--name", required=True, help="Name of the combined run folder under OOF_DIR.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing combined run of that name.")
+def combine_cmd(oof, mask_run, gender_run, age_run, name, overwrite):
+    """Join three single-task runs into one 18-class run (product of their task marginals).
+
+    The new OOF_DIR/NAME/ holds oof.csv, test.csv and run.json like a trained
+    run, so kf ensemble, kf report and kf submit read it like any other.
+
+    \b
+    Example:
+      kf combine --mask mask_lite0 --gender gender_lite0 --age age_lite0 --name tasks_lite0
+    """
+    from .heads import combine_task_runs
+    from .io import KfError, read_json
+
+    out = Path(oof) / name
+    if (out / "run.json").exists():
+        old = read_json(out / "run.json")
+        if not old.get("combined_from") or not overwrite:
+            what = "a combined run" if old.get("combined_from") else "a run that kf combine did not write"
+            raise KfError(f"{out}: already holds {what}; choose another --name"
+                          + (" or pass --overwrite" if old.get("combined_from") else ""))
+    runs = {"mask": Path(oof) / mask_run, "gender": Path(oof) / gender_run, "age": Path(oof) / age_run}
+    meta = combine_task_runs(runs, out)
+    acc = meta["oof_task_accuracy"]
+    click.echo(f"wrote {out}/{{oof.csv,test.csv,run.json}}: OOF macro F1 {meta['oof_macro_f1']:.4f}, task accuracy "
+               f"mask {acc['mask']:.4f} gender {acc['gender']:.4f} age {acc['age']:.4f}")

@@ -25,6 +25,7 @@ AUGMENT_DEFAULTS = {
     "coarse_dropout": 0.0,       # CoarseDropout probability
 }
 LOSSES = ("ce", "focal", "soft_f1")
+TASK_WEIGHT_DEFAULTS = {"mask": 1.0, "gender": 1.0, "age": 1.0}
 SCHEDULERS = ("cosine", "step", "plateau", "none")
 TTAS = ("none", "hflip", "flip", "d4")
 
@@ -67,6 +68,12 @@ class TrainConfig:
     threads: Any = "auto"           # torch intra-op threads: auto | int
     eval_batch_size: int = 128      # inputs per inference forward pass, TTA views included
     seed: int = 42
+    # task heads and age (docs/training.md "Task heads and age in years"; kfold/heads.py)
+    heads: str = "joint"            # joint (one 18-class classifier) | tasks (mask/gender/age heads, one backbone)
+    task: str = "all"               # all | mask | gender | age (a single-task run; heads: tasks)
+    age_head: str = "band"          # band (3-class) | years (Gaussian regression on the age in years; heads: tasks)
+    task_weights: dict = field(default_factory=lambda: dict(TASK_WEIGHT_DEFAULTS))  # loss weight per task
+    train_age_cuts: Any = None      # null (= --age-cuts, the scoring cuts) | [young_upper, old_lower] for training targets
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,11 +148,38 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
             raise bad(f"augment.{k}", f"expected a number, got {v!r}")
         aug[k] = float(v)
     cfg.augment = aug
+    _validate_heads(cfg, bad)
     for k in ("num_workers", "threads"):
         v = getattr(cfg, k)
         if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise bad(k, f"expected auto or a non-negative integer, got {v!r}")
     return cfg
+
+
+def _validate_heads(cfg: TrainConfig, bad) -> None:
+    """Check the task-head keys (``heads``, ``task``, ``age_head``, ``task_weights``, ``train_age_cuts``)."""
+    for k, choices in (("heads", ("joint", "tasks")), ("task", ("all", "mask", "gender", "age")),
+                       ("age_head", ("band", "years"))):
+        if getattr(cfg, k) not in choices:
+            raise bad(k, f"{getattr(cfg, k)!r} is not one of {', '.join(choices)}")
+    if cfg.heads == "joint" and (cfg.task != "all" or cfg.age_head != "band"):
+        raise bad("task" if cfg.task != "all" else "age_head", "needs heads: tasks (a head per task)")
+    if cfg.heads == "tasks" and isinstance(cfg.class_weights, list):
+        raise bad("class_weights", "18 class weights do not apply to task heads; use null or balanced (per task)")
+    tw = cfg.task_weights
+    if not isinstance(tw, dict) or set(tw) - set(TASK_WEIGHT_DEFAULTS):
+        raise bad("task_weights", f"expected a mapping of {', '.join(TASK_WEIGHT_DEFAULTS)} to weights, got {tw!r}")
+    tw = {**TASK_WEIGHT_DEFAULTS, **tw}
+    for k, v in tw.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise bad("task_weights", f"{k}: expected a non-negative number, got {v!r}")
+    cfg.task_weights = {k: float(v) for k, v in tw.items()}
+    cuts = cfg.train_age_cuts
+    if cuts is not None:
+        if not (isinstance(cuts, list) and len(cuts) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                                  for c in cuts) and 0 < cuts[0] < cuts[1]):
+            raise bad("train_age_cuts", f"expected null or two increasing ages in years like [30, 58], got {cuts!r}")
+        cfg.train_age_cuts = [float(c) for c in cuts]
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:

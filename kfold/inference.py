@@ -30,6 +30,9 @@ def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:
     meta = read_json(run_dir / "run.json")
     if meta.get("kind", "run") != "run":
         raise KfError(f"{run_dir}: is an ensemble, not a run with checkpoints")
+    if meta.get("combined_from"):
+        raise KfError(f"{run_dir}: combined from the runs {', '.join(meta['combined_from'].values())} and has no "
+                      "checkpoints of its own; re-predict those runs, then kf combine them again")
     from .config import VALID_KEYS
 
     config = meta.get("config") or {}
@@ -47,13 +50,14 @@ def fold_models(run_dir: str | Path, cfg: TrainConfig, device: torch.device):
         KfError: no fold checkpoint found, or one is not a plain tensor file
             (loaded with ``weights_only=True``: pickled objects are refused, never run).
     """
-    from .models import create_model, load_checkpoint
+    from .heads import build_model
+    from .models import load_checkpoint
 
     paths = sorted(Path(run_dir).glob("fold*/best.pt"), key=lambda p: int(p.parent.name[4:]))
     if not paths:
         raise KfError(f"{run_dir}: no fold*/best.pt checkpoints")
     for p in paths:
-        model = create_model(cfg.model, "none", drop_rate=cfg.drop_rate)
+        model = build_model(cfg, "none")  # a task-head model's age cuts come with its weights (a buffer)
         model.load_state_dict(load_checkpoint(p))
         yield int(p.parent.name[4:]), model.to(device).eval()
 
@@ -84,6 +88,9 @@ def predict_images(run_dir: str | Path, images_dir: str | Path, tta: str | None 
     Raises:
         KfError: not a run, no images, or an unreadable image.
     """
+    combined = read_json(Path(run_dir) / "run.json").get("combined_from")
+    if combined:
+        return _predict_combined(run_dir, combined, images_dir, tta, batch_size)
     meta, cfg = load_run(run_dir)
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
@@ -98,6 +105,17 @@ def predict_images(run_dir: str | Path, images_dir: str | Path, tta: str | None 
     arr = np.stack([load_image(p, tuple(cfg.image_size)) for p in files])
     probs = np.mean([_predict(m, arr, cfg, device, tta or cfg.tta) for _, m in fold_models(run_dir, cfg, device)], axis=0)
     return [p.name for p in files], probs.astype(np.float32)
+
+
+def _predict_combined(run_dir, combined: dict, images_dir, tta, batch_size) -> tuple[list[str], np.ndarray]:
+    """``kf combine``'s run on a folder of images: each member run's task marginal, multiplied (kfold.heads)."""
+    from .heads import TASKS, joint_from_marginals, task_marginals
+
+    own = read_json(Path(run_dir) / "run.json").get("tta") or {}
+    parts = [predict_images(Path(run_dir).parent / combined[t], images_dir, tta if isinstance(tta, str) else own.get(t),
+                            batch_size) for t in TASKS]
+    probs = joint_from_marginals(*(task_marginals(p)[i] for i, (_, p) in enumerate(parts)))
+    return parts[0][0], probs.astype(np.float32)
 
 
 def repredict_run(run_dir: str | Path, data_root: str | Path, tta: str, out_dir: str | Path,

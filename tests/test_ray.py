@@ -222,3 +222,23 @@ def test_a_task_that_keeps_failing_surfaces_as_one_line_kferror(error, message, 
         run_on_ray(jobs, data, on_ray[0], echo=lambda s: None)
     assert str(e.value) == message
     assert attempts(tmp_path) == tries
+
+
+def test_ray_trains_a_multi_head_age_years_run_like_the_local_executor(ray_instance, tiny_data, tmp_path):
+    """Task heads travel to Ray workers (config keys, ages in the DataBundle) and give the local executor's OOF."""
+    config = tmp_path / "heads.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "heads": "tasks", "age_head": "years", "train_age_cuts": [30, 58],
+                                      "task_weights": {"mask": 1, "gender": 1, "age": 2}}))
+    cfg = load_config(config)
+    from kfold.train import train_runs
+
+    local_meta = train_runs([cfg], load_data(tiny_data, tmp_path / "local", k=2), tmp_path / "local",
+                            echo=lambda s: None, progress=False)[0]
+    res = CliRunner().invoke(main, train_args(tiny_data, tmp_path / "ray", [config], "--executor", "ray"))
+    assert res.exit_code == 0, res.output
+    ray_meta = json.loads((tmp_path / "ray" / "heads" / "run.json").read_text())
+    assert ray_meta["finished"] and ray_meta["train_age_cuts"] == [30.0, 58.0]
+    assert ray_meta["oof_task_accuracy"] == local_meta["oof_task_accuracy"]
+    a = pd.read_csv(tmp_path / "local" / "heads" / "oof.csv")[PROB_COLS].to_numpy()
+    b = pd.read_csv(tmp_path / "ray" / "heads" / "oof.csv")[PROB_COLS].to_numpy()
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)

@@ -114,6 +114,11 @@ class Interrupted(Exception):
 @pytest.mark.trains
 def test_resume_after_interruption_gives_the_same_oof_as_an_uninterrupted_run(tiny_data, tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path, extra=["epochs=2", "augment.affine=0.5", "drop_rate=0.2"])
+    check_resume(cfg, tiny_data, tmp_path, monkeypatch)
+
+
+def check_resume(cfg, tiny_data, tmp_path, monkeypatch) -> pd.DataFrame:
+    """Fold 0 of ``cfg`` (2 epochs) straight, and killed in epoch 2 then resumed: the OOF must agree; returns it."""
     straight = load_data(tiny_data, tmp_path / "a", k=2, seed=0)
     train_runs([cfg], straight, tmp_path / "a", folds=[0], echo=lambda s: None, progress=False)
 
@@ -138,6 +143,7 @@ def test_resume_after_interruption_gives_the_same_oof_as_an_uninterrupted_run(ti
     b = pd.read_csv(tmp_path / "b" / "tiny" / "fold0" / "oof.csv")[PROB_COLS].to_numpy()
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert not (tmp_path / "b" / "tiny" / "fold0" / "last.pt").exists()
+    return pd.read_csv(tmp_path / "a" / "tiny" / "fold0" / "oof.csv")
 
 
 def test_unknown_config_key_is_refused_with_the_valid_keys(tmp_path):
