@@ -179,6 +179,8 @@ def import_cmd(name, oof_csv, test_csvs, logits, columns, who, where, overwrite,
 
     rj = import_run(oof, name, oof_csv, test_csvs, data=data, logits=logits, columns=columns, who=who, where=where,
                     overwrite=overwrite)
+    if Path(rj["test_ids_from"]).name != "info.csv":
+        click.echo(f"note: {Path(data) / 'eval' / 'info.csv'} not found; test ImageIDs checked against {rj['test_ids_from']}")
     click.echo(f"wrote {Path(oof) / name}/{{oof.csv,test.csv,run.json}}: kind external, OOF macro F1 "
                f"{rj['oof_macro_f1']:.4f}, accuracy {rj['oof_accuracy']:.4f}"
                + ("; softmax applied to logits" if logits else "")

@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+import kfold
 from kfold.eda import class_labels
 from kfold.folds import FOLDS_CSV, FOLDS_JSON, load_folds
 from kfold.io import KfError, atomic_write, check_writable, read_csv, read_json, write_csv, write_json
@@ -348,8 +349,6 @@ def import_run(oof_dir: str | Path, name: str, oof_csv: str | Path, test_csvs: S
     y = folds["label"].to_numpy(np.int64)
     pred = oof_p.argmax(axis=1)
     recorded = recorded_data(oof_dir)
-    import kfold
-
     rj = {"name": name, "kind": EXTERNAL, "who": who, "where": where,
           "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
           "sources": {"oof": {"path": str(Path(oof_csv).resolve()), "sha256": file_sha256(oof_csv)},
@@ -460,10 +459,10 @@ def export_files(oof_dir: str | Path, out: str | Path, data: str | Path | None =
         stem = run.replace("/", "_")
         probs = {f"{stem}_oof.csv": (rs.keys[KEY_COLS], rs.oof[0]),
                  f"{stem}_test.csv": (pd.DataFrame({"ImageID": rs.test_ids}), rs.test[0])}
-    names = [*tables, *probs, "SPEC.md"]
+    if out.exists():  # before anything is written
+        for n in [*tables, *probs, "SPEC.md"]:
+            check_writable(out / n, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        check_writable(out / n, overwrite=overwrite)
     paths = []
     for n, table in tables.items():
         write_csv(table, out / n)
