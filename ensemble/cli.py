@@ -99,12 +99,17 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
 
 def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str]:
     """Member names after re-predicting each with ``tta`` (see ``kfold.inference.repredict_run``)."""
-    from kfold.inference import repredict_run
     from kfold.io import read_json
 
+    from .external import refuse_external
     from .runs import discover_runs, resolve_run_dir
 
     names = names if names is not None else discover_runs(oof)[0]
+    for n in names:  # before any re-prediction (and before importing torch)
+        refuse_external(resolve_run_dir(n, oof), "kf ensemble --tta",
+                        f"blend it as it is: kf ensemble --tta {tta} --runs <trained runs>, then --runs <run>@{tta},{n}")
+    from kfold.inference import repredict_run
+
     out = []
     for n in names:
         run_dir = resolve_run_dir(n, oof)
@@ -149,3 +154,71 @@ def predict_cmd(run_or_ensemble, images, out, tta, batch_size, overwrite, oof):
     ids, probs = predict_dir(run_dir, images, tta=tta, batch_size=batch_size)
     write_predictions(ids, probs, out)
     click.echo(f"wrote {out}: {len(ids)} images, {run_or_ensemble}" + (f", tta={tta}" if tta else ", each run's own tta"))
+
+
+@click.command("import")
+@click.argument("name")
+@click.option("--oof-csv", "oof_csv", required=True, type=click.Path(dir_okay=False),
+              help="OOF predictions: image, fold, 18 class columns (one row per folds.csv image, any order).")
+@click.option("--test-csv", "test_csvs", required=True, multiple=True, type=click.Path(dir_okay=False),
+              help="Test predictions: ImageID, 18 class columns (any order); repeat once per fold to average per-fold files.")
+@click.option("--logits", is_flag=True, help="The class columns are logits: apply a softmax (recorded in run.json).")
+@click.option("--columns", default=None, metavar="C0,..,C17|TEMPLATE",
+              help="Class columns in class order instead of prob_0..prob_17: 18 names, or one with {} for the "
+                   "class number (logit_{}; {} for 0..17).")
+@click.option("--who", default=None, help="Free text recorded in run.json: who made the predictions.")
+@click.option("--where", default=None, help="Free text recorded in run.json: where (notebook, framework, commit).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier import of the same NAME (a trained run never is).")
+@data_option
+@oof_option
+def import_cmd(name, oof_csv, test_csvs, logits, columns, who, where, overwrite, data, oof):
+    """Import predictions made elsewhere (a teammate's notebook) as run NAME under --oof.
+
+    The OOF file must use the folds of <oof>/folds.csv (kf export gives them
+    to the teammate); test rows are matched to <data>/eval/info.csv by
+    ImageID. Everything is checked before anything is written; the run then
+    blends, submits and reports like a trained one (kind: external in
+    run.json; kf predict cannot re-run it). docs/formats.md, "Bring your own model".
+
+    \b
+    Examples:
+      kf import effb3_keras --oof-csv effb3_oof.csv --test-csv effb3_test.csv --who ana --where "kaggle kernel v7"
+      kf import lgt --oof-csv oof.csv --test-csv t0.csv --test-csv t1.csv --test-csv t2.csv --test-csv t3.csv \\
+          --test-csv t4.csv --logits --columns "logit_{}"
+      kf ensemble --runs lite0,effb3_keras --method soft
+    """
+    from .external import import_run
+
+    rj = import_run(oof, name, oof_csv, test_csvs, data=data, logits=logits, columns=columns, who=who, where=where,
+                    overwrite=overwrite)
+    if Path(rj["test_ids_from"]).name != "info.csv":
+        click.echo(f"note: {Path(data) / 'eval' / 'info.csv'} not found; test ImageIDs checked against {rj['test_ids_from']}")
+    click.echo(f"wrote {Path(oof) / name}/{{oof.csv,test.csv,run.json}}: kind external, OOF macro F1 "
+               f"{rj['oof_macro_f1']:.4f}, accuracy {rj['oof_accuracy']:.4f}"
+               + ("; softmax applied to logits" if logits else "")
+               + (f"; test averaged over {len(test_csvs)} files" if len(test_csvs) > 1 else ""))
+
+
+@click.command("export")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--run", "run", default=None, help="Also write this run's (or ensemble's) predictions as plain CSV.")
+@click.option("--overwrite", is_flag=True, help="Replace files already in OUT.")
+@data_option
+@oof_option
+def export_cmd(out, run, overwrite, data, oof):
+    """Write what a teammate needs to predict on these folds into folder OUT.
+
+    folds.csv (image keys, person, fold, label and its mask/gender/age band),
+    classes.csv (the class encoding), test_ids.csv (info.csv order) and
+    SPEC.md (what to send back, with a pandas example); kf import reads
+    what comes back.
+
+    \b
+    Examples:
+      kf export for_ana --data data
+      kf export shared/lite0 --run lite0
+    """
+    from .external import export_files
+
+    paths = export_files(oof, out, data=data, run=run, overwrite=overwrite)
+    click.echo(f"wrote {out}/: {', '.join(p.name for p in paths)}")

@@ -14,6 +14,7 @@ import pandas as pd
 
 from kfold.io import KfError, read_json
 
+from .external import refuse_external
 from .methods import from_state
 from .runs import write_probs_csv
 
@@ -39,10 +40,13 @@ def predict_dir(run_dir: str | Path, images_dir: str | Path, tta: str | None = N
         float64 probabilities, rows summing to 1.
 
     Raises:
-        KfError: missing files, members predicting different images, or a
-            member list that does not match the ensemble's weights.
+        KfError: missing files, members predicting different images, a
+            member list that does not match the ensemble's weights, or an
+            imported run (``kind: external``, no model) in ``run_dir``.
     """
     run_dir = Path(run_dir)
+    refuse_external(run_dir, "kf predict", "predict these images with the tool that made it and kf import the result, "
+                    "or submit the eval set from test.csv (kf submit --from)")
     rj = read_json(run_dir / "run.json")
     if rj.get("kind") != "ensemble":
         from kfold.inference import predict_images

@@ -29,7 +29,8 @@ def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:
     run_dir = Path(run_dir)
     meta = read_json(run_dir / "run.json")
     if meta.get("kind", "run") != "run":
-        raise KfError(f"{run_dir}: is an ensemble, not a run with checkpoints")
+        what = "an imported run (kind external)" if meta.get("kind") == "external" else "an ensemble"
+        raise KfError(f"{run_dir}: is {what}, not a run with checkpoints")
     if meta.get("combined_from"):
         raise KfError(f"{run_dir}: combined from the runs {', '.join(meta['combined_from'].values())} and has no "
                       "checkpoints of its own; re-predict those runs, then kf combine them again")
