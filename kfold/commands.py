@@ -111,7 +111,7 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
       kf train --config configs/lite0.yaml --fold 0 --set epochs=1 --set image_size=[64,64]
     """
     from .config import load_config, parse_overrides
-    from .train import load_data, train_runs
+    from .train import check_config, load_data, train_runs
 
     sets = parse_overrides(overrides)
     cfgs = [load_config(c, sets) for c in configs]
@@ -119,6 +119,8 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     if len(set(names)) != len(names):
         raise click.UsageError(f"two configs share a run name: {names}; give each a distinct name")
     folds = parse_folds(fold, k)  # before load_data writes folds.csv
+    for c in cfgs:  # preflight (docs/reliability.md): device, weights, image size, before folds.csv is written
+        check_config(c, device=executor == "local")
     bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed, holdout=holdout)
     metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress,
                        executor=executor, address=address)

