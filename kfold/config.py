@@ -402,8 +402,8 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
             raise LookupError(f"TrainConfig.{k} has no rule in kfold.config.RULES")
         try:
             setattr(cfg, k, RULES[k].check(getattr(cfg, k)))
-        except SubkeyError as e:
-            raise bad(f"{k}.{e.key}", str(e)) from None
+        except SubkeyError as e:  # augment is set per sub-key (augment.hflip), other sections as a whole
+            raise (bad(f"{k}.{e.key}", str(e)) if k == "augment" else bad(k, f"{e.key}: {e}")) from None
         except ValueError as e:
             raise bad(k, str(e)) from None
     if cfg.heads == "joint" and (cfg.task != "all" or cfg.age_head != "band"):

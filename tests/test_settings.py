@@ -124,6 +124,11 @@ BAD = {
     "threads": ["0", "-2", "max"],
     "eval_batch_size": ["0", "-64"],
     "seed": ["-1", "4294967296", "1.5", "'42'"],
+    "heads": ["multi", "1"],
+    "task": ["age_band", "mask"],  # mask: a single-task run needs heads: tasks
+    "age_head": ["regression"],
+    "task_weights": ["{mask: -1}", "{color: 1}", "[1, 2]", "{age: .nan}"],
+    "train_age_cuts": ["[58, 30]", "[30]", "[30, .inf]", "58"],
 }
 # ... and values it must accept, with the value kept (None: kept as written).
 GOOD = {
@@ -167,6 +172,11 @@ GOOD = {
     "threads": [("auto", None), ("1", 1)],
     "eval_batch_size": [("1", 1)],
     "seed": [("0", 0), ("4294967295", 4294967295)],
+    "heads": [("tasks", None), ("joint", None)],
+    "task": [("all", None)],
+    "age_head": [("band", None)],
+    "task_weights": [("{age: 2}", {"mask": 1.0, "gender": 1.0, "age": 2.0})],
+    "train_age_cuts": [("[30, 58]", [30.0, 58.0]), ("null", None)],
 }
 NESTED = {f"augment.{k}" for k in kconfig.AUGMENT_RULES}
 
