@@ -4,7 +4,11 @@ Every file kf writes goes through :func:`atomic_write`: the bytes land in a
 temporary file in the destination folder, are flushed and fsync'ed, and the
 temporary file is renamed over the destination (``os.replace`` is atomic on
 POSIX and Windows). A process killed mid-write leaves either the old file or
-the new one, never half of one.
+the new one, never half of one; its temporary is removed by the next write
+into that folder (:func:`remove_stale_temporaries`). A refused write (read-only,
+full disk, no permission) is one :class:`KfError` line naming the target.
+:func:`stage_lock` serialises read-check-write steps on shared stage files
+across processes (``filelock``).
 """
 from __future__ import annotations
 

@@ -490,7 +490,12 @@ def test_a_second_kf_train_on_the_same_run_waits_for_the_lock(tmp_path):
     t.start()
     held.wait(timeout=5)
     said = []
-    u = threading.Thread(target=lambda: [stage_lock(tmp_path / "run", said.append).__enter__(), order.append("second in")])
+
+    def second():
+        with stage_lock(tmp_path / "run", said.append):
+            order.append("second in")
+
+    u = threading.Thread(target=second)
     u.start()
     u.join(0.5)
     released.set()
