@@ -344,7 +344,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_csv(path: str | os.PathLike, *, required: list[str] | None = None, **kwargs: Any) -> pd.DataFrame:
-    """Read a CSV (BOM and CRLF tolerated) and check that ``required`` columns exist.
+    """Read a CSV (UTF-8 with or without BOM, or UTF-16 with BOM; CRLF tolerated) and check that ``required`` columns exist.
 
     Raises:
         KfError: the file is missing, empty, unparsable, or lacks a required column.
@@ -352,14 +352,22 @@ def read_csv(path: str | os.PathLike, *, required: list[str] | None = None, **kw
     path = Path(path)
     if not path.is_file():
         raise KfError(f"{path}: file not found")
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    encoding = "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"  # Excel's "Unicode text" has a UTF-16 BOM
     try:
-        df = pd.read_csv(path, encoding="utf-8-sig", **kwargs)
+        df = pd.read_csv(path, encoding=encoding, **kwargs)
     except pd.errors.EmptyDataError:
         raise KfError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
+        raise KfError(f"{path}: cannot parse CSV: not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); "
+                      "save it as CSV UTF-8") from None
+    except (pd.errors.ParserError, ValueError) as e:
         raise KfError(f"{path}: cannot parse CSV: {str(e).splitlines()[0]}") from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in (required or []) if c not in df.columns]
     if missing:
-        raise KfError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(df.columns)})")
+        sep = next((s for s in (";", "\t", "|") if len(df.columns) == 1 and s in df.columns[0]), None)
+        hint = f"; the file is separated by {sep!r}, kf reads comma-separated CSV" if sep else ""
+        raise KfError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(df.columns)}){hint}")
     return df
