@@ -99,7 +99,7 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
 
 def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str]:
     """Member names after re-predicting each with ``tta`` (see ``kfold.inference.repredict_run``)."""
-    from kfold.io import read_json
+    from kfold.io import read_json, stage_lock
 
     from .external import refuse_external
     from .runs import discover_runs, resolve_run_dir
@@ -118,10 +118,11 @@ def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str
             out.append(n)
             continue
         target = run_dir.parent / f"{meta.get('source_run') or run_dir.name}@{tta}"
-        done = (target / "run.json").is_file() and read_json(target / "run.json").get("finished")
-        if not done:
-            click.echo(f"{n}: re-predicting OOF and test with TTA {tta} from its fold checkpoints")
-            repredict_run(run_dir, data, tta, target, echo=click.echo)
+        with stage_lock(target, click.echo):  # two calls: the later one finds the re-prediction done
+            done = (target / "run.json").is_file() and read_json(target / "run.json").get("finished")
+            if not done:
+                click.echo(f"{n}: re-predicting OOF and test with TTA {tta} from its fold checkpoints")
+                repredict_run(run_dir, data, tta, target, echo=click.echo)
         out.append(target.name)
     return out
 
@@ -144,13 +145,21 @@ def predict_cmd(run_or_ensemble, images, out, tta, batch_size, overwrite, oof):
       kf predict effb0 --images data/eval/images --out effb0_eval.csv --tta flip
       kf predict ensemble/caruana+bias --images data/eval/images --out blend_eval.csv
     """
-    from kfold.io import check_writable
+    from kfold.images import extensions_text, list_images
+    from kfold.io import check_can_write
 
     from .predict import predict_dir, write_predictions
     from .runs import resolve_run_dir
 
-    check_writable(out, overwrite=overwrite)  # before the work: an existing file is never replaced without --overwrite
+    check_can_write(out, overwrite=overwrite)  # before the work: writable, and never replaced without --overwrite
     run_dir = resolve_run_dir(run_or_ensemble, oof)
+    if Path(images).is_dir():
+        skipped = list_images(images)[1]
+        if skipped:
+            click.echo(f"warning: {images}: skipped {len(skipped)} entr{'y' if len(skipped) == 1 else 'ies'} that "
+                       f"{'is' if len(skipped) == 1 else 'are'} not an image kf reads ({extensions_text()}): "
+                       + ", ".join(p.name for p in skipped[:5]) + (f", ... ({len(skipped) - 5} more)" if len(skipped) > 5 else ""),
+                       err=True)
     ids, probs = predict_dir(run_dir, images, tta=tta, batch_size=batch_size)
     write_predictions(ids, probs, out)
     click.echo(f"wrote {out}: {len(ids)} images, {run_or_ensemble}" + (f", tta={tta}" if tta else ", each run's own tta"))

@@ -45,7 +45,10 @@ from submit.submission import read_info_ids, validate_test_probs
 from .base import softmax
 from .methods import _NAME_RE
 from .metrics import macro_f1
-from .runs import KEY_COLS, NOT_RUNS, PROB_COLS, SUM_TOL, _check_probs, _row, _val, discover_runs, load_runs, write_probs_csv
+from kfold.stagefiles import SUM_TOL, _row, _val
+from kfold.stagefiles import check_probs as _check_probs
+
+from .runs import KEY_COLS, NOT_RUNS, PROB_COLS, discover_runs, load_runs, write_probs_csv
 
 EXTERNAL = "external"
 #: the files of an imported run; run.json is written last

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfold.io import KfError, write_csv, write_json
+from kfold.io import KfError, check_can_write, stage_lock, write_csv, write_json
 
 from kfold.folds import HOLDOUT_COLS
 
@@ -283,6 +283,11 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
             written (the same members are refitted and replaced silently).
         select_on, confidence: how ``ensemble/best`` is chosen (see :func:`score_table`).
 
+    The checks of ``ensemble/`` and ``best/`` and the writes into them hold
+    :func:`kfold.io.stage_lock` on ``<oof>/ensemble``: concurrent calls on one
+    ``--oof`` behave as if run one after the other (the later one waits, then
+    compares with what the first wrote).
+
     Returns:
         An :class:`EnsembleReport`; ``table`` has one row per member and per
         fitted variant (see :func:`ensemble.evaluate.score_row`).
@@ -321,22 +326,25 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
                           f"cross-fits inside K-1 folds), these runs have K={n_folds}")
         methods.remove("stacking")
         log.warning("stacking skipped: it needs K >= 3 folds, these runs have K=%d", n_folds)
-    replaced = check_overwrites(oof_dir, [ensemble_name(name or m, b) for m in methods for b in ([False, True] if bias else [False])],
-                                rs.names, overwrite)
+    targets = [ensemble_name(name or m, b) for m in methods for b in ([False, True] if bias else [False])]
+    check_overwrites(oof_dir, targets, rs.names, overwrite)  # before the work
     fitted: list[Fitted] = []
     for m in methods:
         fitted += fit_method(m, rs, bias=bias, base_name=name)
     table, choice = score_table(rs, fitted, select_on, confidence)
     rows = table.to_dict("records")
-    written: list[Path] = []
-    for f in fitted:
-        written += write_outputs(f, rs, oof_dir, rows)
-    label = ensemble_name(name or method, bias)
-    scores_csv = Path(oof_dir) / ENSEMBLE_DIR / f"{label}_scores.csv"
-    write_csv(table, scores_csv, float_format="%.6f")
-    written.append(scores_csv)
-    best_paths, best = write_best(rs, fitted, rows, oof_dir, choice)
-    written += best_paths
+    with stage_lock(Path(oof_dir) / ENSEMBLE_DIR, log.warning):  # checks and writes of ensemble/ and best/ as one step
+        replaced = check_overwrites(oof_dir, targets, rs.names, overwrite)  # again: another call may have written since
+        check_can_write(Path(oof_dir) / ENSEMBLE_DIR, folder=True)  # before the first old file is replaced
+        written: list[Path] = []
+        for f in fitted:
+            written += write_outputs(f, rs, oof_dir, rows)
+        label = ensemble_name(name or method, bias)
+        scores_csv = Path(oof_dir) / ENSEMBLE_DIR / f"{label}_scores.csv"
+        write_csv(table, scores_csv, float_format="%.6f")
+        written.append(scores_csv)
+        best_paths, best = write_best(rs, fitted, rows, oof_dir, choice)
+        written += best_paths
     return EnsembleReport(runs=rs, fitted=fitted, table=table, choice=choice, written=written, replaced=replaced,
                           best=best, best_kept=not best_paths)
 

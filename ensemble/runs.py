@@ -7,7 +7,8 @@ with the same person, fold and label, and holds 18 finite probabilities per
 row that sum to 1 within 1e-3; every ``test.csv`` lists the same ImageIDs in
 the same order. A failed check raises one :class:`kfold.io.KfError` line
 naming the file and the row (``row N`` is the line number, the header being
-line 1), as ``kfold.data`` does.
+line 1), as ``kfold.data`` does. The files are read by the one reader of
+each format, :mod:`kfold.stagefiles` (``kf report`` uses the same).
 
 An ensemble written by ``kf ensemble`` (``oof/ensemble/<name>/``) has the
 same files, so it loads like a run (``kind`` tells them apart); ``kf ensemble``
@@ -27,12 +28,10 @@ import pandas as pd
 from kfold.folds import FOLDS_CSV, FOLDS_JSON, HOLDOUT_COLS, folds_fingerprint, load_folds, load_holdout
 from kfold.io import KfError, atomic_write, read_csv, read_json
 from kfold.labels import N_CLASSES
+from kfold.stagefiles import KEY_COLS, PROB_COLS, _row, _val, check_probs, int_column, read_oof_csv, read_test_csv
 
 log = logging.getLogger(__name__)
 
-PROB_COLS = [f"prob_{c}" for c in range(N_CLASSES)]
-KEY_COLS = ["image", "person", "fold", "label"]
-SUM_TOL = 1e-3
 #: folders under ``oof/`` that are never runs
 NOT_RUNS = ("ensemble", "cache", "report", "eda")
 
@@ -92,15 +91,6 @@ class RunSet:
         return self.keys["fold"].to_numpy(np.int64)
 
 
-def _row(i: int) -> str:
-    return f"row {i + 2}"
-
-
-def _val(v) -> str:
-    """``repr`` of a cell for a message, without numpy's wrapper (``1``, ``nan``, not ``np.int64(1)``)."""
-    return repr(v.item() if isinstance(v, np.generic) else v)
-
-
 def discover_runs(oof_dir: str | Path) -> tuple[list[str], list[str]]:
     """Names of the finished and of the unfinished runs directly under ``oof_dir``.
 
@@ -142,34 +132,6 @@ def resolve_run_dir(name: str, oof_dir: str | Path) -> Path:
     raise KfError(f"{oof_dir / name}: no run.json, not a run or ensemble (found under {oof_dir}: {have})")
 
 
-def _check_probs(df: pd.DataFrame, path: Path, id_col: str) -> np.ndarray:
-    """Return the ``(n, 18)`` float64 probabilities of ``df`` or raise naming ``path`` and the row."""
-    got = [c for c in df.columns if c.startswith("prob_")]
-    if got != PROB_COLS:
-        if sorted(got) == sorted(PROB_COLS):
-            raise KfError(f"{path}: prob columns out of order, expected prob_0..prob_{N_CLASSES - 1}")
-        raise KfError(f"{path}: {len(got)} prob columns ({', '.join(got[:3])}{', ...' if len(got) > 3 else ''}), "
-                      f"expected {N_CLASSES} (prob_0..prob_{N_CLASSES - 1}), one per class")
-    arr = df[PROB_COLS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        i, j = (int(v[0]) for v in np.nonzero(bad))
-        raise KfError(f"{path}: {_row(i)} ({id_col} {_val(df[id_col].iloc[i])}): {PROB_COLS[j]} is "
-                      f"{_val(df[PROB_COLS[j]].iloc[i])}, expected a finite probability")
-    out = (arr < 0) | (arr > 1 + SUM_TOL)
-    if out.any():
-        i, j = (int(v[0]) for v in np.nonzero(out))
-        raise KfError(f"{path}: {_row(i)} ({id_col} {df[id_col].iloc[i]!r}): {PROB_COLS[j]} = {arr[i, j]:g} "
-                      "is outside [0, 1] (expected softmax probabilities, not logits)")
-    s = arr.sum(axis=1)
-    off = np.abs(s - 1.0) > SUM_TOL
-    if off.any():
-        i = int(np.flatnonzero(off)[0])
-        raise KfError(f"{path}: {_row(i)} ({id_col} {df[id_col].iloc[i]!r}): probabilities sum to {s[i]:.6g}, "
-                      f"expected 1 within {SUM_TOL:g} (softmax outputs, not logits)")
-    return arr
-
-
 def _first_diff(a: pd.DataFrame, b: pd.DataFrame, cols: list[str]) -> tuple[int, str] | None:
     """First ``(row, column)`` where ``a`` and ``b`` (same length) differ, or None."""
     for c in cols:
@@ -179,44 +141,18 @@ def _first_diff(a: pd.DataFrame, b: pd.DataFrame, cols: list[str]) -> tuple[int,
     return None
 
 
-def _read_oof(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    df = read_csv(path, required=KEY_COLS, dtype={"image": str, "person": str}, keep_default_na=False,
-                  na_values={c: ["", "nan", "NaN", "NA"] for c in PROB_COLS})
-    for c in ("fold", "label"):
-        if not pd.api.types.is_integer_dtype(df[c]):
-            vals = pd.to_numeric(df[c], errors="coerce")
-            bad = vals.isna() | (vals != vals.round())
-            i = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
-            raise KfError(f"{path}: {_row(i)}: {c} {_val(df[c].iloc[i])} is not an integer")
-    probs = _check_probs(df, path, "image")
-    keys = df[KEY_COLS].copy()
-    keys["fold"] = keys["fold"].astype(np.int64)
-    keys["label"] = keys["label"].astype(np.int64)
-    return keys, probs
-
-
-def _read_test(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    df = read_csv(path, required=["ImageID"], dtype={"ImageID": str}, keep_default_na=False,
-                  na_values={c: ["", "nan", "NaN", "NA"] for c in PROB_COLS})
-    ids = df["ImageID"].astype(str).to_numpy()
-    dup = pd.Series(ids).duplicated().to_numpy()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        raise KfError(f"{path}: {_row(i)}: duplicate ImageID {ids[i]!r}")
-    return ids, _check_probs(df, path, "ImageID")
-
-
 def _read_holdout(path: Path, ref: pd.DataFrame) -> np.ndarray:
     """``(n_holdout, 18)`` probabilities of a run's ``holdout.csv``, whose keys must equal ``oof/holdout.csv``'s."""
     df = read_csv(path, required=HOLDOUT_COLS, dtype={"image": str, "person": str}, keep_default_na=False,
                   na_values={c: ["", "nan", "NaN", "NA"] for c in PROB_COLS})
     if len(df) != len(ref):
         raise KfError(f"{path}: {len(df)} rows, expected {len(ref)} as in oof/holdout.csv")
-    diff = _first_diff(df[HOLDOUT_COLS].astype({"label": np.int64}), ref.astype({"label": np.int64}), HOLDOUT_COLS)
+    df["label"] = int_column(df, "label", path, high=N_CLASSES - 1, what=f"a class 0..{N_CLASSES - 1}")
+    diff = _first_diff(df[HOLDOUT_COLS], ref.astype({"label": np.int64}), HOLDOUT_COLS)
     if diff is not None:
         i, c = diff
         raise KfError(f"{path}: {_row(i)}: {c} {_val(df[c].iloc[i])} differs from {_val(ref[c].iloc[i])} in oof/holdout.csv")
-    return _check_probs(df, path, "image")
+    return check_probs(df, path, "image")
 
 
 def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str | Path | None = None) -> RunSet:
@@ -279,7 +215,7 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
         if rj.get("folds_fingerprint") != fp:
             raise KfError(f"{d / 'run.json'}: folds_fingerprint {str(rj.get('folds_fingerprint'))[:12]!r} differs from "
                           f"{fp[:12]!r} in {meta_path}; the run was trained on other folds and cannot be ensembled with them")
-        keys, probs = _read_oof(d / "oof.csv")
+        keys, probs = read_oof_csv(d / "oof.csv")
         if ref_keys is None:
             if folds_fingerprint(keys) != fp:
                 raise KfError(f"{d / 'oof.csv'}: image/person/label/fold columns do not match folds_fingerprint in "
@@ -293,7 +229,7 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
                 i, c = diff
                 raise KfError(f"{d / 'oof.csv'}: {_row(i)}: {c} {_val(keys[c].iloc[i])} differs from "
                               f"{_val(ref_keys[c].iloc[i])} in {ref_name} (runs must list the same images, in folds.csv order)")
-        ids, tprobs = _read_test(d / "test.csv")
+        ids, tprobs = read_test_csv(d / "test.csv")
         if ref_ids is None:
             ref_ids, ref_test_name = ids, d / "test.csv"
         else:

@@ -2,9 +2,11 @@
 
 The cache for a list of images at one ``(height, width)`` is a ``.npy`` file
 of shape ``(n_images, height, width, 3)``, dtype uint8, RGB, opened as a
-read-only memory map (so DataLoader workers share the pages). Its name is a
-``joblib.hash`` of the image paths, their sizes and modification times and
-the target size: a changed image makes a new cache. It is built in parallel
+read-only memory map (so DataLoader workers share the pages). Images are
+decoded by :func:`kfold.images.load_image` (EXIF orientation applied, every
+mode to 8-bit RGB). Its name is a ``joblib.hash`` of the image paths, their
+sizes and modification times, the target size and the decoder version: a
+changed image or decoder makes a new cache. It is built in parallel
 with joblib and written atomically (temporary file + rename).
 """
 from __future__ import annotations
@@ -17,36 +19,13 @@ from typing import Sequence
 import cv2
 import joblib
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
-from .io import KfError, crash_point
+from .images import DECODER_VERSION, load_image
+from .io import KfError, crash_point, os_error, remove_stale_temporaries, temporary_path
+
+__all__ = ["build_cache", "cache_key", "load_image", "remove_stale_temporaries"]
 
 cv2.setNumThreads(1)
-
-
-def load_image(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode one image to RGB uint8 ``(height, width, 3)``, optionally resized to ``size = (height, width)``.
-
-    RGBA loses its alpha channel, grayscale and palette images are expanded to RGB
-    (PIL ``convert("RGB")``). Resizing uses OpenCV's area interpolation when
-    shrinking and bilinear when enlarging.
-
-    Raises:
-        KfError: the file is missing, truncated, corrupt or not an image.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise KfError(f"{path}: image not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise KfError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if size is not None and rgb.shape[:2] != tuple(size):
-        h, w = size
-        interp = cv2.INTER_AREA if h * w < rgb.shape[0] * rgb.shape[1] else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (w, h), interpolation=interp)
-    return rgb
 
 
 def _load_chunk(paths: Sequence[str], size: tuple[int, int], failed: threading.Event) -> np.ndarray | KfError | None:
@@ -67,7 +46,11 @@ def _load_chunk(paths: Sequence[str], size: tuple[int, int], failed: threading.E
 
 
 def cache_key(paths: Sequence[str | Path], size: tuple[int, int]) -> str:
-    """``joblib.hash`` of the paths, each file's size and mtime, and the target size."""
+    """``joblib.hash`` of the paths, each file's size and mtime, the target size and the decoder version.
+
+    :data:`kfold.images.DECODER_VERSION` is part of it, so a cache decoded
+    by an older decoder (e.g. before EXIF orientation was applied) is never reused.
+    """
     stats = []
     for p in paths:
         try:
@@ -75,28 +58,7 @@ def cache_key(paths: Sequence[str | Path], size: tuple[int, int]) -> str:
         except FileNotFoundError:
             raise KfError(f"{p}: image not found") from None
         stats.append((st.st_size, st.st_mtime_ns))
-    return joblib.hash([[str(p) for p in paths], stats, list(size)])
-
-
-def remove_stale_temporaries(cache_dir: Path) -> list[Path]:
-    """Delete ``.<name>.npy.<pid>.tmp`` files left by a killed build whose process is gone.
-
-    Returns:
-        The removed paths (a cache build in another live process is left alone).
-    """
-    removed = []
-    for tmp in cache_dir.glob(".*.npy.*.tmp"):
-        try:
-            pid = int(tmp.name.rsplit(".", 2)[-2])
-            os.kill(pid, 0)
-        except ValueError:
-            continue
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-        except PermissionError:
-            continue
-    return removed
+    return joblib.hash([[str(p) for p in paths], stats, list(size), DECODER_VERSION])
 
 
 def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: str | Path, n_jobs: int = -1,
@@ -113,7 +75,8 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
         Read-only memory map, shape ``(len(paths), height, width, 3)``, uint8 RGB.
 
     Raises:
-        KfError: an image cannot be read (naming the file).
+        KfError: an image cannot be read (naming the file); the cache cannot be
+            written (``<cache file>: cannot write: <cause>``).
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -121,9 +84,9 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
     size = (int(size[0]), int(size[1]))
     target = cache_dir / f"{size[0]}x{size[1]}_{len(paths)}_{cache_key(paths, size)[:16]}.npy"
     if not target.exists():
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3))
+        tmp = temporary_path(target)
         try:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size[0], size[1], 3))
             chunk = 64
             starts = range(0, len(paths), chunk)
             failed = threading.Event()
@@ -146,8 +109,10 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
                 os.close(fd)
             crash_point("write:cache")  # complete in the temporary file, not yet renamed
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as e:
             tmp.unlink(missing_ok=True)
+            if isinstance(e, OSError):  # read-only folder, full disk: one line naming the cache file
+                raise os_error(target, e) from None
             raise
     try:
         return np.load(target, mmap_mode="r")

@@ -2,7 +2,8 @@
 
 Commands are imported lazily (click's documented LazyGroup pattern) so that
 ``kf --help`` does not import torch. A :class:`kfold.io.KfError` anywhere is
-printed as one ``error: ...`` line with exit status 2, without a traceback;
+printed as one ``error: ...`` line with exit status 2, without a traceback, and
+so is an ``OSError`` (``error: <path>: <cause>``: read-only folder, full disk);
 so is a usage error (unknown option, bad ``--fold``), in place of click's
 four-line usage block. Ctrl-C exits with status 130 and says how to resume.
 """
@@ -72,6 +73,11 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except KfError as e:
             click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+        except OSError as e:  # read-only folder, full disk, no permission outside kfold.io's writers
+            where = e.filename2 if e.filename2 is not None else e.filename
+            cause = e.strerror or str(e) or type(e).__name__
+            click.echo(f"error: {where}: {cause}" if where is not None else f"error: {cause}", err=True)
             ctx.exit(2)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):

@@ -104,6 +104,8 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
 
     Finished folds are skipped on rerun; an interrupted fold resumes from its
     last finished epoch. Outputs go to OOF_DIR/<run name>/ (docs/formats.md).
+    A second kf train of the same run name on the same OOF_DIR waits until
+    the first ends, then skips what it finished.
 
     \b
     Example:
@@ -111,6 +113,7 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
       kf train --config configs/lite0.yaml --fold 0 --set epochs=1 --set image_size=[64,64]
     """
     from .config import load_config, parse_overrides
+    from .io import check_can_write, stage_locks
     from .train import check_config, load_data, train_runs
 
     sets = parse_overrides(overrides)
@@ -121,9 +124,11 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     folds = parse_folds(fold, k)  # before load_data writes folds.csv
     for c in cfgs:  # preflight (docs/reliability.md): device, weights, image size, before folds.csv is written
         check_config(c, device=executor == "local")
+    check_can_write(oof, folder=True)  # before minutes of work: a read-only or full --oof is one line now
     bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed, holdout=holdout)
-    metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress,
-                       executor=executor, address=address)
+    with stage_locks([Path(oof) / n for n in names], click.echo):  # one kf train per run folder at a time
+        metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress,
+                           executor=executor, address=address)
     done = [m for m in metas if m["finished"]]
     if done:
         click.echo("run                  OOF macro F1  accuracy  minutes")

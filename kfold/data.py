@@ -3,7 +3,7 @@
 Layout (the 2021 Boostcamp face-mask competition)::
 
     <root>/train/train.csv            id,gender,race,age,path
-    <root>/train/images/<path>/       mask1..mask5, incorrect_mask, normal  (.jpg/.jpeg/.png, any case)
+    <root>/train/images/<path>/       mask1..mask5, incorrect_mask, normal  (kfold.images.IMAGE_EXTENSIONS, any case)
     <root>/eval/info.csv              ImageID,ans
     <root>/eval/images/<ImageID>
 
@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 
 from . import labels as L
+from .images import extensions_text, is_image_name
 from .io import KfError, read_csv
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TRAIN_COLUMNS = ["id", "gender", "race", "age", "path"]
 CORRECTION_FIELDS = ("gender", "age", "mask-swap")
 
@@ -142,8 +142,8 @@ def _scan_person(folder: Path, person: str, csv: Path, report: ReadReport) -> di
         if _is_junk(entry.name):
             report.junk_skipped += 1
             continue
-        stem, ext = entry.stem, entry.suffix.lower()
-        if entry.is_dir() or stem not in L.MASK_OF_STEM or ext not in IMAGE_EXTENSIONS:
+        stem = entry.stem
+        if entry.is_dir() or stem not in L.MASK_OF_STEM or not is_image_name(entry.name):
             report.warnings.append(f"{entry}: unexpected file, skipped")
             skipped.setdefault(stem, entry.name)
             continue
@@ -153,7 +153,7 @@ def _scan_person(folder: Path, person: str, csv: Path, report: ReadReport) -> di
     missing = [s for s in L.IMAGE_STEMS if s not in found]
     if missing:
         near = [skipped[s] for s in missing if s in skipped]
-        hint = f" ({', '.join(near)} skipped: an image must be .jpg, .jpeg or .png)" if near else ""
+        hint = f" ({', '.join(near)} skipped: an image must be {extensions_text()})" if near else ""
         raise KfError(f"{folder}: missing image(s) {', '.join(missing)} for person {person!r}{hint}")
     return found
 
@@ -230,8 +230,9 @@ def read_eval(root: str | Path) -> pd.DataFrame:
         DataFrame with ``ImageID`` (str) and ``image`` (path relative to ``root``).
 
     Raises:
-        KfError: missing file or column, empty table, duplicate ImageID, or an
-            ImageID whose image is not in ``eval/images/``.
+        KfError: missing file or column, empty table, duplicate ImageID, an
+            ImageID whose image is not in ``eval/images/``, or one that is not
+            an image kf reads (:func:`kfold.images.is_image_name`).
     """
     root = Path(root)
     csv = root / "eval" / "info.csv"
@@ -250,4 +251,6 @@ def read_eval(root: str | Path) -> pd.DataFrame:
             raise KfError(f"{csv}: {_row(i)}: empty ImageID")
         if name not in present:
             raise KfError(f"{csv}: {_row(i)}: image {img_dir / name} not found")
+        if not is_image_name(name):
+            raise KfError(f"{csv}: {_row(i)}: ImageID {name!r} is not an image kf reads (an image must be {extensions_text()})")
     return pd.DataFrame({"ImageID": ids.to_numpy(), "image": [f"eval/images/{n}" for n in ids]})

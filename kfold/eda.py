@@ -3,8 +3,8 @@
 Everything is computed from what :func:`kfold.data.read_train` and
 :func:`kfold.data.read_eval` return (so labels are the ones training sees,
 after ``--age-cuts`` and ``--corrections``) plus one walk of the image
-folders for what the reader skips (junk) and one ``PIL.Image.open(...).size``
-per image (the header only; pixels are not decoded).
+folders for what the reader skips (junk) and one header read per image
+(:func:`kfold.images.image_info`: upright size, mode; pixels are not decoded).
 
 Written to ``--out`` (see ``docs/reports.md``): one CSV per table, two PNGs
 (``class_distribution.png``, ``age_histogram.png``) and ``index.html``, a
@@ -129,6 +129,9 @@ def find_junk(root: str | Path) -> pd.DataFrame:
 def image_files(root: str | Path, images: pd.DataFrame, eval_images: pd.DataFrame | None) -> pd.DataFrame:
     """Extension, size and mode of every train and eval image, read from the file header.
 
+    Read by :func:`kfold.images.image_info`, as training and prediction will
+    decode the file: sizes are the upright ones (EXIF orientation applied).
+
     Args:
         root: the competition folder.
         images: ``read_train`` table (column ``image``, relative to ``root``).
@@ -136,26 +139,21 @@ def image_files(root: str | Path, images: pd.DataFrame, eval_images: pd.DataFram
 
     Returns:
         DataFrame ``split`` (train/eval), ``image``, ``extension`` (as on disk,
-        e.g. ``.JPG``), ``width``, ``height`` (pixels, -1 when unreadable),
-        ``mode`` (PIL mode, e.g. RGB, RGBA, L; ``unreadable`` when PIL cannot
-        read the header: PIL raises ``UnidentifiedImageError``, ``OSError``,
-        ``SyntaxError`` or ``ValueError`` on damaged files, as the reader of
-        ``kfold.cache`` catches them).
+        e.g. ``.JPG``), ``width``, ``height`` (upright pixels, -1 when unreadable),
+        ``mode`` (PIL mode, e.g. RGB, RGBA, L, I;16; ``unreadable`` when PIL
+        cannot read the header), ``problem`` (None, or why kf will refuse the
+        file: unreadable header, or a mode without an agreed range such as ``F``).
     """
-    from PIL import Image, UnidentifiedImageError
+    from .images import image_info
 
     root = Path(root)
     rows = []
     parts = [("train", images["image"])] + ([("eval", eval_images["image"])] if eval_images is not None else [])
     for split, paths in parts:
         for rel in paths:
-            try:
-                with Image.open(root / rel) as im:
-                    (w, h), mode = im.size, im.mode
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-                w, h, mode = -1, -1, "unreadable"
-            rows.append((split, rel, Path(rel).suffix, w, h, mode))
-    return pd.DataFrame(rows, columns=["split", "image", "extension", "width", "height", "mode"])
+            w, h, mode, problem = image_info(root / rel)
+            rows.append((split, rel, Path(rel).suffix, w, h, mode, problem))
+    return pd.DataFrame(rows, columns=["split", "image", "extension", "width", "height", "mode", "problem"])
 
 
 def correction_rows(root: str | Path, corrections: str | Path | None, age_cuts: Sequence[float]) -> pd.DataFrame:
@@ -280,6 +278,15 @@ def eda_tables(root: str | Path, age_cuts: Sequence[float] = L.DEFAULT_AGE_CUTS,
     if bad:
         shown = ", ".join(str(root / b) for b in bad[:3]) + (f", ... ({len(bad) - 3} more)" if len(bad) > 3 else "")
         notes.append(f"{len(bad)} image(s) PIL cannot read (kf train will stop on them; fix or remove them): {shown}")
+    refused = files[files["problem"].notna() & (files["mode"] != "unreadable")]
+    if len(refused):
+        r0 = refused.iloc[0]
+        notes.append(f"{len(refused)} image(s) kf refuses (kf train will stop on them; convert them): "
+                     f"{root / r0['image']}: {r0['problem']}" + (f", ... ({len(refused) - 1} more)" if len(refused) > 1 else ""))
+    wide = files[files["mode"].str.startswith("I") & files["problem"].isna()]
+    if len(wide):
+        notes.append(f"{len(wide)} 16-bit grey image(s) (mode {', '.join(sorted(wide['mode'].unique()))}): "
+                     f"kf scales them to 8 bits (value / 257), e.g. {root / wide.iloc[0]['image']}")
     return EdaResult(tables=t, people=people, images=images, age_cuts=age_cuts, notes=notes)
 
 

@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .io import KfError, read_csv, read_json, write_csv, write_json
+from .io import KfError, read_csv, read_json, stage_lock, write_csv, write_json
+from .stagefiles import read_keys
 
 FOLDS_CSV = "folds.csv"
 FOLDS_JSON = "folds.json"
@@ -168,11 +169,21 @@ def ensure_folds(images: pd.DataFrame, oof_dir: str | Path, k: int = 5, seed: in
     Raises:
         KfError: a folds file exists for other settings (other K, seed, data or
             corrections) and ``force`` is False; or the files are damaged.
+
+    The check and the write hold :func:`kfold.io.stage_lock` on ``folds.csv``:
+    concurrent calls behave as if run one after the other.
     """
     oof_dir = Path(oof_dir)
     oof_dir.mkdir(parents=True, exist_ok=True)
     csv, meta_path = oof_dir / FOLDS_CSV, oof_dir / FOLDS_JSON
     want = settings_fingerprint(images, k, seed, holdout)
+    with stage_lock(csv):  # two kf train/folds at once: the later one reads what the first wrote
+        return _ensure_folds(images, oof_dir, k, seed, force, want, holdout)
+
+
+def _ensure_folds(images: pd.DataFrame, oof_dir: Path, k: int, seed: int, force: bool, want: str,
+                  holdout: float) -> tuple[pd.DataFrame, dict, bool]:
+    csv, meta_path = oof_dir / FOLDS_CSV, oof_dir / FOLDS_JSON
     if csv.exists() and not force:
         meta = read_json(meta_path)
         if meta.get("settings_fingerprint") != want:
@@ -233,12 +244,15 @@ def load_folds(oof_dir: str | Path) -> pd.DataFrame:
     """Read and check ``oof/folds.csv`` against the fingerprint in ``folds.json``.
 
     Raises:
-        KfError: missing files, or the table does not match its fingerprint
+        KfError: missing files, a fold or label that is not a whole number
+            (naming the row), or the table does not match its fingerprint
             (edited or damaged).
     """
     oof_dir = Path(oof_dir)
     csv = oof_dir / FOLDS_CSV
     folds = read_csv(csv, required=["image", "person", "label", "fold"], dtype={"person": str, "image": str})
+    keys = read_keys(csv, folds)  # fold and label as int64, 1.0 read as 1
+    folds["fold"], folds["label"] = keys["fold"], keys["label"]
     meta = read_json(oof_dir / FOLDS_JSON)
     if folds_fingerprint(folds) != meta.get("folds_fingerprint"):
         raise KfError(f"{csv}: content does not match folds_fingerprint in {oof_dir / FOLDS_JSON} (edited or damaged); rerun kf folds --force")

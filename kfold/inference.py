@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .cache import build_cache, load_image
+from .cache import build_cache
 from .config import TrainConfig, validate
-from .data import IMAGE_EXTENSIONS
+from .images import extensions_text, list_images, load_image
 from .io import KfError, read_json, write_csv, write_json
+from .stagefiles import read_oof_csv, read_test_csv
 from .train import PROB_COLS, amp_dtype, configure_torch, macro_f1, resolve_device, use_channels_last
 
 
@@ -80,7 +81,9 @@ def predict_images(run_dir: str | Path, images_dir: str | Path, tta: str | None 
 
     Args:
         run_dir: ``<oof>/<run>``.
-        images_dir: folder of .jpg/.jpeg/.png files (hidden files skipped), read in name order.
+        images_dir: folder of images: the files :func:`kfold.images.list_images` lists (the
+            extensions of :data:`kfold.images.IMAGE_EXTENSIONS`, any case; hidden files and
+            other entries skipped, see ``skipped`` of that function), read in name order.
         tta: ``none``/``hflip``/``flip``/``d4``; default: the run's.
 
     Returns:
@@ -96,9 +99,9 @@ def predict_images(run_dir: str | Path, images_dir: str | Path, tta: str | None 
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise KfError(f"{images_dir}: folder not found")
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    files, _ = list_images(images_dir)
     if not files:
-        raise KfError(f"{images_dir}: no .jpg/.jpeg/.png images")
+        raise KfError(f"{images_dir}: no images (an image must be {extensions_text()})")
     if batch_size:
         cfg.eval_batch_size = batch_size
     device = resolve_device(cfg)
@@ -137,8 +140,8 @@ def repredict_run(run_dir: str | Path, data_root: str | Path, tta: str, out_dir:
     meta, cfg = load_run(run_dir)
     if not meta.get("finished"):
         raise KfError(f"{run_dir}: run is not finished (train all folds first)")
-    oof = pd.read_csv(run_dir / "oof.csv", dtype={"person": str})
-    test = pd.read_csv(run_dir / "test.csv", usecols=["ImageID"])
+    oof, _ = read_oof_csv(run_dir / "oof.csv")
+    test = pd.DataFrame({"ImageID": read_test_csv(run_dir / "test.csv")[0]})
     root = Path(data_root)
     device = resolve_device(cfg)
     configure_torch(cfg, device)

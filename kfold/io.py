@@ -4,7 +4,11 @@ Every file kf writes goes through :func:`atomic_write`: the bytes land in a
 temporary file in the destination folder, are flushed and fsync'ed, and the
 temporary file is renamed over the destination (``os.replace`` is atomic on
 POSIX and Windows). A process killed mid-write leaves either the old file or
-the new one, never half of one.
+the new one, never half of one; its temporary is removed by the next write
+into that folder (:func:`remove_stale_temporaries`). A refused write (read-only,
+full disk, no permission) is one :class:`KfError` line naming the target.
+:func:`stage_lock` serialises read-check-write steps on shared stage files
+across processes (``filelock``).
 """
 from __future__ import annotations
 
@@ -12,9 +16,9 @@ import contextlib
 import io
 import json
 import os
-import tempfile
+import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pandas as pd
 
@@ -40,8 +44,6 @@ def crash_point(name: str) -> None:
 
 
 _CRASH_COUNTS: dict[str, int] = {}
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class KfError(Exception):
@@ -52,9 +54,106 @@ class KfError(Exception):
     """
 
 
+#: a temporary file of :func:`atomic_write`: ``.<name or its start>.<host tag>-<pid>-<random>.tmp``
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-z]{6}\.tmp$")
+#: the image cache's older temporaries (kf <= 0.1): ``.<name>.<pid>.tmp``
+_OLD_TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.tmp$")
+
+
+def _host_tag() -> str:
+    """6 hex digits naming this machine in temporary names, so that a cleaner on another host of a
+    shared file system never judges a temporary by a process id that is not its own."""
+    import hashlib
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+_HOST = _host_tag()
+
+
+def _name_max(folder: Path) -> int:
+    """The file system's limit on one name in ``folder``, in bytes (``pathconf PC_NAME_MAX``; 255 if unknown)."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (AttributeError, OSError, ValueError):
+        return 255
+
+
+def temporary_path(path: str | os.PathLike) -> Path:
+    """A fresh hidden name beside ``path`` for writing it atomically, never longer than the file system allows.
+
+    The name is ``.<name>.<host>-<pid>-<random>.tmp``; when that would pass
+    the folder's name limit (``PC_NAME_MAX``, 255 bytes on ext4, xfs, btrfs),
+    ``<name>`` is cut (on a UTF-8 character boundary) so that it fits: a
+    target whose name fits always has a temporary name that fits. The host
+    and process id let :func:`remove_stale_temporaries` tell a killed
+    writer's leftovers from a live writer's file.
+    """
+    import secrets
+
+    path = Path(path)
+    rand = "".join(secrets.choice("0123456789abcdefghijklmnopqrstuvwxyz") for _ in range(6))
+    tail = f".{_HOST}-{os.getpid()}-{rand}.tmp"
+    budget = _name_max(path.parent) - 1 - len(tail.encode())
+    name = os.fsencode(path.name)[:max(budget, 1)].decode("utf-8", errors="ignore") or "x"
+    return path.parent / f".{name}{tail}"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of atomic writes into ``folder`` whose writer process is gone.
+
+    A writer killed between creating its temporary file and renaming it
+    (SIGKILL, OOM, power cut) leaves ``.<name>.<host>-<pid>-<random>.tmp``
+    behind (for a checkpoint, a whole ``last.pt``). The next write into the
+    same folder removes it when the process ``pid`` no longer runs on this
+    host (``os.kill(pid, 0)``). A temporary of a live process, of another
+    user's process, or made on another host of a shared file system is left
+    alone. The image cache's older ``.<name>.<pid>.tmp`` names are handled too.
+
+    Returns:
+        The removed paths.
+    """
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return removed
+    for e in entries:
+        m = _TMP_RE.match(e.name)
+        if m is not None and m["host"] != _HOST:
+            continue
+        m = m or _OLD_TMP_RE.match(e.name)
+        if m is None or int(m["pid"]) == os.getpid():
+            continue
+        try:
+            os.kill(int(m["pid"]), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                os.unlink(e.path)
+                removed.append(folder / e.name)
+        except (PermissionError, OverflowError, OSError):
+            continue
+    return removed
+
+
+def os_error(path: str | os.PathLike, e: OSError, doing: str = "cannot write") -> KfError:
+    """The one-line :class:`KfError` for an ``OSError`` met while writing ``path``: ``<path>: cannot write: <cause>``."""
+    cause = e.strerror or str(e) or type(e).__name__
+    return KfError(f"{path}: {doing}: {cause}" + (f" (errno {e.errno})" if e.errno else ""))
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", *, overwrite: bool = True) -> Iterator[io.IOBase]:
     """Open a temporary file beside ``path`` and rename it over ``path`` on success.
+
+    The temporary name comes from :func:`temporary_path` (never longer than
+    the file system allows when ``path``'s name fits), and stale temporaries
+    of killed writers in the folder are removed first
+    (:func:`remove_stale_temporaries`). With ``overwrite=False`` the file is
+    put in place with ``os.link``, which fails when ``path`` appeared in the
+    meantime: two writers cannot both create it.
 
     Args:
         path: destination file. Its folder must exist.
@@ -63,23 +162,54 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", *, overwrite: bool = 
 
     Raises:
         KfError: the folder is missing, ``path`` is a directory, or it exists
-            and ``overwrite`` is False. Nothing is written in these cases.
+            and ``overwrite`` is False; the file system refuses the write (read-only,
+            full, no permission, name too long), as ``<path>: cannot write: <cause>``.
+            Nothing is written in these cases and the old file is kept.
     """
     path = Path(path)
     check_writable(path, overwrite=overwrite)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+    remove_stale_temporaries(path.parent)
+    for _ in range(100):
+        tmp = temporary_path(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise os_error(path, e) from None
+    else:  # pragma: no cover - 100 collisions of 36**6 random names
+        raise KfError(f"{path}: cannot write: no free temporary name")
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as fh:
             yield fh
             fh.flush()
             crash_point(f"write:{path.name}")  # the bytes are in the temporary file, not yet renamed
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        _put_in_place(tmp, path, overwrite)
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename in (None, str(tmp), str(path)):
+            raise os_error(path, e) from None
         raise
+
+
+def _put_in_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``path``; without ``overwrite`` only when ``path`` does not exist (``os.link``)."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KfError(f"{path}: already exists (pass --overwrite to replace it)") from None
+    except OSError:  # a file system without hard links: the check of check_writable must do
+        if path.exists():
+            raise KfError(f"{path}: already exists (pass --overwrite to replace it)") from None
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def check_writable(path: str | os.PathLike, *, overwrite: bool = True) -> None:
@@ -91,6 +221,90 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = True) -> None:
         raise KfError(f"{path}: folder {path.parent} does not exist")
     if path.exists() and not overwrite:
         raise KfError(f"{path}: already exists (pass --overwrite to replace it)")
+
+
+def check_can_write(path: str | os.PathLike, *, folder: bool = False, overwrite: bool = True) -> None:
+    """Check, before a long computation, that its output can be written: by creating and removing a temporary.
+
+    Args:
+        path: the output file, or with ``folder=True`` the output folder; a
+            missing folder is not created: its nearest existing parent is probed.
+        overwrite: for a file: whether an existing ``path`` may be replaced.
+
+    Raises:
+        KfError: ``<path>: cannot write: <cause>`` (read-only file system, no
+            permission, disk quota, name too long), or see :func:`check_writable`.
+    """
+    path = Path(path)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise KfError(f"{path}: exists and is not a folder")
+        where = path.absolute()
+        while not where.is_dir():
+            if where.exists() or where.parent == where:
+                raise KfError(f"{path}: cannot create the folder ({where} is not a folder)")
+            where = where.parent
+        probe = temporary_path(where / "probe")
+    else:
+        check_writable(path, overwrite=overwrite)
+        probe = temporary_path(path)
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"kf")
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+        raise os_error(path, e) from None
+
+
+@contextlib.contextmanager
+def stage_lock(path: str | os.PathLike, echo: Any = None) -> Iterator[None]:
+    """Hold an exclusive lock on the stage file or folder ``path`` (``filelock.FileLock``) for a read-check-write.
+
+    The lock file is ``.<name>.lock`` beside ``path`` (its folder is created
+    when missing). A second holder, in this or another process, waits until
+    the first releases it, so concurrent commands behave as if run one after
+    the other; ``echo`` (a ``print``-like callable, e.g. ``click.echo``) is
+    told once when the call has to wait. The lock is released when the block
+    ends or the process dies (``flock``: the kernel drops it with the process).
+    On file systems without ``flock`` filelock falls back to an exclusive
+    create of the lock file (see ``docs/reliability.md``).
+
+    Raises:
+        KfError: the lock file cannot be created (read-only folder, no permission).
+    """
+    import filelock
+
+    path = Path(path)
+    lock_path = path.parent / f".{path.name}.lock"
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            if echo is not None:
+                echo(f"waiting: {path} is being written by another kf call (lock {lock_path})")
+            lock.acquire()
+    except OSError as e:
+        raise os_error(lock_path, e, "cannot lock") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def stage_locks(paths: Iterable[str | os.PathLike], echo: Any = None) -> Iterator[None]:
+    """Hold :func:`stage_lock` on each of ``paths``, taken in sorted order (two callers never deadlock)."""
+    with contextlib.ExitStack() as stack:
+        for p in sorted({str(p) for p in paths}):
+            stack.enter_context(stage_lock(p, echo))
+        yield
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike, *, overwrite: bool = True, float_format: str | None = None) -> None:
@@ -130,7 +344,7 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def read_csv(path: str | os.PathLike, *, required: list[str] | None = None, **kwargs: Any) -> pd.DataFrame:
-    """Read a CSV (BOM and CRLF tolerated) and check that ``required`` columns exist.
+    """Read a CSV (UTF-8 with or without BOM, or UTF-16 with BOM; CRLF tolerated) and check that ``required`` columns exist.
 
     Raises:
         KfError: the file is missing, empty, unparsable, or lacks a required column.
@@ -138,14 +352,22 @@ def read_csv(path: str | os.PathLike, *, required: list[str] | None = None, **kw
     path = Path(path)
     if not path.is_file():
         raise KfError(f"{path}: file not found")
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    encoding = "utf-16" if head in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"  # Excel's "Unicode text" has a UTF-16 BOM
     try:
-        df = pd.read_csv(path, encoding="utf-8-sig", **kwargs)
+        df = pd.read_csv(path, encoding=encoding, **kwargs)
     except pd.errors.EmptyDataError:
         raise KfError(f"{path}: file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
+        raise KfError(f"{path}: cannot parse CSV: not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); "
+                      "save it as CSV UTF-8") from None
+    except (pd.errors.ParserError, ValueError) as e:
         raise KfError(f"{path}: cannot parse CSV: {str(e).splitlines()[0]}") from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in (required or []) if c not in df.columns]
     if missing:
-        raise KfError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(df.columns)})")
+        sep = next((s for s in (";", "\t", "|") if len(df.columns) == 1 and s in df.columns[0]), None)
+        hint = f"; the file is separated by {sep!r}, kf reads comma-separated CSV" if sep else ""
+        raise KfError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(df.columns)}){hint}")
     return df

@@ -38,13 +38,11 @@ import pandas as pd
 from . import labels as L
 from .eda import band_names, class_labels, html_page, png_tag, save_png, table_html
 from .io import KfError, atomic_write, read_csv, read_json, write_csv
+from .stagefiles import KEY_COLS, PROB_COLS, read_oof_csv
 
-PROB_COLS = [f"prob_{c}" for c in range(L.N_CLASSES)]
-KEY_COLS = ["image", "person", "fold", "label"]
 #: folders under ``--oof`` that are never runs
 NOT_RUNS = ("ensemble", "cache", "report", "eda")
 TASKS = ("mask", "gender", "age")
-SUM_TOL = 1e-3
 
 
 def task_names(age_cuts: Sequence[float]) -> dict[str, tuple[str, ...]]:
@@ -94,41 +92,8 @@ def resolve(name: str, oof_dir: str | Path) -> Path:
 
 
 def read_oof(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """Read and validate an ``oof.csv`` (``image, person, fold, label, prob_0..prob_17``).
-
-    Returns:
-        ``(keys, probs)``: ``keys`` DataFrame ``image`` (str), ``person`` (str),
-        ``fold`` (int64), ``label`` (int64, 0..17); ``probs`` ``(n_images, 18)``
-        float64, rows summing to 1.
-
-    Raises:
-        KfError: missing file or column, empty table, a non-integer fold, a
-            label outside 0..17, a probability missing, non-finite or outside
-            [0, 1], or a row not summing to 1 within 1e-3 (naming the row).
-    """
-    path = Path(path)
-    df = read_csv(path, required=KEY_COLS + PROB_COLS, dtype={"image": str, "person": str}, keep_default_na=False,
-                  na_values={c: ["", "nan", "NaN", "NA"] for c in PROB_COLS + ["fold", "label"]})
-    if df.empty:
-        raise KfError(f"{path}: no rows")
-    for c in ("fold", "label"):
-        v = pd.to_numeric(df[c], errors="coerce").to_numpy(float)
-        bad = ~np.isfinite(v) | (v != np.round(v)) | (v < 0) | ((v >= L.N_CLASSES) if c == "label" else False)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise KfError(f"{path}: row {i + 2}: {c} {df[c].iloc[i]!r} is not "
-                          + ("a class 0..17" if c == "label" else "a fold number"))
-    probs = df[PROB_COLS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
-    bad = ~np.isfinite(probs) | (probs < 0) | (probs > 1 + SUM_TOL)
-    bad_row = bad.any(axis=1) | (np.abs(probs.sum(axis=1) - 1) > SUM_TOL)
-    if bad_row.any():
-        i = int(np.flatnonzero(bad_row)[0])
-        raise KfError(f"{path}: row {i + 2} (image {df['image'].iloc[i]!r}): probabilities must be finite, in [0, 1] "
-                      f"and sum to 1 within {SUM_TOL:g} (softmax outputs, not logits)")
-    keys = df[KEY_COLS].copy()
-    keys["fold"] = keys["fold"].astype(float).astype(np.int64)
-    keys["label"] = keys["label"].astype(float).astype(np.int64)
-    return keys, probs
+    """Read and validate an ``oof.csv``: :func:`kfold.stagefiles.read_oof_csv`, the reader ``kf ensemble`` uses too."""
+    return read_oof_csv(path)
 
 
 def read_curves(run_dir: Path, k: int | None) -> pd.DataFrame | None:

@@ -166,7 +166,9 @@ def fill(argv: list[str], places: dict[str, str]) -> list[str]:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, except the empty ``.<name>.lock`` files of ``kfold.io.stage_lock`` (kept by design)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".lock"))}
 
 
 # --------------------------------------------------------------------------- edits that make bad inputs
@@ -372,7 +374,7 @@ BAD = [
     # -- the image folders
     Bad("gif-instead-of-jpg", TRAIN, gif_instead_of_jpg,
         r"error: {folder}: missing image\(s\) mask1 for person '{person}' "
-        r"\(mask1\.gif skipped: an image must be \.jpg, \.jpeg or \.png\)"),
+        r"\(mask1\.gif skipped: an image must be \.jpg, \.jpeg, \.png, \.bmp, \.webp, \.tif or \.tiff\)"),
     Bad("person-folder-without-normal", TRAIN, no_normal,
         r"error: {folder}: missing image\(s\) normal for person '{person}'"),
     Bad("person-folder-absent", TRAIN, no_person_folder,

@@ -360,7 +360,7 @@ def test_failure_during_to_csv_keeps_the_old_file_and_leaves_no_temp_file(tmp_pa
         raise OSError("disk full")
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(KfError, match=r"submission\.csv: cannot write: disk full"):  # one line naming the target
         write_submission(sub, out, ids, overwrite=True)
     assert out.read_bytes() == b"ImageID,ans\nold,3\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["oof", "submission.csv"]
@@ -372,7 +372,7 @@ def test_failure_at_rename_keeps_the_old_file_and_leaves_no_temp_file(tmp_path, 
     out = tmp_path / "submission.csv"
     out.write_bytes(b"ImageID,ans\nold,3\n")
     monkeypatch.setattr(os, "replace", _boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(KfError, match=r"submission\.csv: cannot write: disk full"):  # one line naming the target
         write_submission(make_submission(df, ids), out, ids, overwrite=True)
     monkeypatch.undo()
     assert out.read_bytes() == b"ImageID,ans\nold,3\n"
