@@ -29,6 +29,11 @@ def crash_point(name: str) -> None:
     Set ``KF_CRASH_AT=<name>`` (optionally ``<name>#<n>`` for the n-th time the
     point is reached, counting from 1) to kill the process there, as a power
     cut or an OOM kill would. Does nothing when the variable is unset.
+    For tests of several processes (Ray workers, whose retries see the same
+    variables): ``KF_CRASH_ONCE=<file>`` fires only in the first process that
+    creates ``<file>`` (it writes its pid there); ``KF_CRASH_MODE=pause`` waits
+    there instead of dying, while ``<file>`` exists (at most 10 minutes), so
+    that a test can kill the process or remove its node from outside.
     """
     want = os.environ.get("KF_CRASH_AT")
     if not want:
@@ -37,10 +42,26 @@ def crash_point(name: str) -> None:
     if point != name:
         return
     _CRASH_COUNTS[name] = _CRASH_COUNTS.get(name, 0) + 1
-    if _CRASH_COUNTS[name] == int(nth or 1):
-        import signal
+    if _CRASH_COUNTS[name] != int(nth or 1):
+        return
+    once = os.environ.get("KF_CRASH_ONCE")
+    if once:
+        try:
+            fd = os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return  # another process fired already
+        os.write(fd, f"{os.getpid()}\n".encode())
+        os.close(fd)
+    if os.environ.get("KF_CRASH_MODE") == "pause":
+        import time
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        end = time.monotonic() + 600
+        while time.monotonic() < end and (not once or os.path.exists(once)):
+            time.sleep(0.1)
+        return
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 _CRASH_COUNTS: dict[str, int] = {}
