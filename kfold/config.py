@@ -23,10 +23,22 @@ AUGMENT_DEFAULTS = {
     "brightness_contrast": 0.3,  # RandomBrightnessContrast probability
     "hue_saturation": 0.0,       # HueSaturationValue probability
     "coarse_dropout": 0.0,       # CoarseDropout probability
+    # stronger photometric / occlusion augmentation (albumentations; docs/training.md "Mixing and strong augmentation")
+    "color_jitter": 0.0,         # ColorJitter probability
+    "gamma": 0.0,                # RandomGamma probability
+    "clahe": 0.0,                # CLAHE probability
+    "to_gray": 0.0,              # ToGray probability
+    "blur": 0.0,                 # OneOf(MotionBlur, GaussianBlur) probability
+    "gauss_noise": 0.0,          # GaussNoise probability
+    "jpeg": 0.0,                 # ImageCompression (JPEG quality 40-95) probability
+    "downscale": 0.0,            # Downscale (0.5-0.9, then back) probability
+    "grid_dropout": 0.0,         # GridDropout (30 % of a grid of cells) probability
 }
 LOSSES = ("ce", "focal", "soft_f1")
 SCHEDULERS = ("cosine", "step", "plateau", "none")
 TTAS = ("none", "hflip", "flip", "d4")
+CUTMIX_REGIONS = ("box", "left_right", "top_bottom")
+MIX_MODES = ("batch", "pair", "elem")
 
 
 @dataclass
@@ -67,6 +79,15 @@ class TrainConfig:
     threads: Any = "auto"           # torch intra-op threads: auto | int
     eval_batch_size: int = 128      # inputs per inference forward pass, TTA views included
     seed: int = 42
+    # mixing augmentations (timm Mixup/CutMix, soft targets) and pseudo-labels; docs/training.md
+    mixup_alpha: float = 0.0        # Beta(a, a) of MixUp; 0 = off
+    cutmix_alpha: float = 0.0       # Beta(a, a) of CutMix; 0 = off
+    cutmix_region: str = "box"      # box (timm: random rectangle) | left_right | top_bottom (split along a line)
+    mix_prob: float = 1.0           # probability that a batch is mixed (when an alpha > 0)
+    mix_switch_prob: float = 0.5    # CutMix instead of MixUp when both alphas > 0
+    mix_mode: str = "batch"         # timm Mixup mode: batch | pair | elem (left_right/top_bottom: batch only)
+    pseudo: Any = None              # null | run or ensemble folder (or its test.csv) whose confident test rows join training
+    pseudo_threshold: float = 0.9   # minimum top-class probability of a pseudo-labelled test image
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -141,11 +162,33 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
             raise bad(f"augment.{k}", f"expected a number, got {v!r}")
         aug[k] = float(v)
     cfg.augment = aug
+    for k in ("mixup_alpha", "cutmix_alpha", "mix_prob", "mix_switch_prob", "pseudo_threshold"):
+        v = getattr(cfg, k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k not in ("mixup_alpha", "cutmix_alpha") and v > 1):
+            raise bad(k, f"expected a number {'>= 0' if k.endswith('alpha') else 'in 0..1'}, got {v!r}")
+        setattr(cfg, k, float(v))
+    for k, choices in (("cutmix_region", CUTMIX_REGIONS), ("mix_mode", MIX_MODES)):
+        if getattr(cfg, k) not in choices:
+            raise bad(k, f"{getattr(cfg, k)!r} is not one of {', '.join(choices)}")
+    if mixing(cfg):
+        if cfg.cutmix_region != "box" and cfg.cutmix_alpha > 0 and cfg.mix_mode != "batch":
+            raise bad("mix_mode", f"cutmix_region {cfg.cutmix_region} mixes whole batches; use mix_mode: batch")
+        if cfg.loss == "focal":
+            raise bad("loss", "focal takes class indices; with mixup/cutmix use ce or soft_f1 (soft targets)")
+    if cfg.pseudo is not None and (not isinstance(cfg.pseudo, str) or not cfg.pseudo.strip()):
+        raise bad("pseudo", f"expected null or the path of a run or ensemble folder, got {cfg.pseudo!r}")
+    if cfg.pseudo is not None and cfg.pseudo_threshold <= 0:
+        raise bad("pseudo_threshold", f"expected a probability in (0, 1], got {cfg.pseudo_threshold!r}")
     for k in ("num_workers", "threads"):
         v = getattr(cfg, k)
         if v != "auto" and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
             raise bad(k, f"expected auto or a non-negative integer, got {v!r}")
     return cfg
+
+
+def mixing(cfg: TrainConfig) -> bool:
+    """Whether training mixes images (MixUp or CutMix on, ``mix_prob`` > 0): the loss then gets soft ``(n, 18)`` targets."""
+    return (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0) and cfg.mix_prob > 0
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
