@@ -99,7 +99,13 @@ def parse_folds(value: str, k: int) -> list[int] | None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: folds one after another here; ray: each (run, fold) a Ray task (pip install -e '.[ray]').")
 @click.option("--address", default=None, help="Ray cluster address (auto or host:port); default: start a local Ray.")
-def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs, fold, overrides, force, progress, executor, address):
+@click.option("--pseudo", default=None, metavar="RUN_OR_ENSEMBLE",
+              help="Pseudo-labels: test images this finished run or ensemble (e.g. ensemble/best) predicts with "
+                   "confidence >= --pseudo-threshold join every fold's training rows (= --set pseudo=...).")
+@click.option("--pseudo-threshold", type=float, default=None,
+              help="Minimum top-class probability of a pseudo-label [config: 0.9] (= --set pseudo_threshold=...).")
+def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs, fold, overrides, force, progress, executor, address,
+              pseudo, pseudo_threshold):
     """Train each config's backbone on each fold; write OOF and test probabilities.
 
     Finished folds are skipped on rerun; an interrupted fold resumes from its
@@ -111,12 +117,14 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     Example:
       kf train --data ../shared/maskfaces --config configs/lite0.yaml --config configs/mnv3.yaml --fold all
       kf train --config configs/lite0.yaml --fold 0 --set epochs=1 --set image_size=[64,64]
+      kf train --config configs/lite0_mix.yaml --pseudo ensemble/best --pseudo-threshold 0.9
     """
     from .config import load_config, parse_overrides
     from .io import check_can_write, stage_locks
     from .train import check_config, load_data, train_runs
 
     sets = parse_overrides(overrides)
+    sets += [(k_, v) for k_, v in (("pseudo", pseudo), ("pseudo_threshold", pseudo_threshold)) if v is not None]
     cfgs = [load_config(c, sets) for c in configs]
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):

@@ -29,11 +29,23 @@ AUGMENT_DEFAULTS = {
     "brightness_contrast": 0.3,  # RandomBrightnessContrast probability
     "hue_saturation": 0.0,       # HueSaturationValue probability
     "coarse_dropout": 0.0,       # CoarseDropout probability
+    # stronger photometric / occlusion augmentation (albumentations; docs/training.md "Mixing and strong augmentation")
+    "color_jitter": 0.0,         # ColorJitter probability
+    "gamma": 0.0,                # RandomGamma probability
+    "clahe": 0.0,                # CLAHE probability
+    "to_gray": 0.0,              # ToGray probability
+    "blur": 0.0,                 # OneOf(MotionBlur, GaussianBlur) probability
+    "gauss_noise": 0.0,          # GaussNoise probability
+    "jpeg": 0.0,                 # ImageCompression (JPEG quality 40-95) probability
+    "downscale": 0.0,            # Downscale (0.5-0.9, then back) probability
+    "grid_dropout": 0.0,         # GridDropout (30 % of a grid of cells) probability
 }
 LOSSES = ("ce", "focal", "soft_f1")
 TASK_WEIGHT_DEFAULTS = {"mask": 1.0, "gender": 1.0, "age": 1.0}
 SCHEDULERS = ("cosine", "step", "plateau", "none")
 TTAS = ("none", "hflip", "flip", "d4")
+CUTMIX_REGIONS = ("box", "left_right", "top_bottom")
+MIX_MODES = ("batch", "pair", "elem")
 
 
 
@@ -116,6 +128,15 @@ class TrainConfig:
     age_head: str = "band"          # band (3-class) | years (Gaussian regression on the age in years; heads: tasks)
     task_weights: dict = field(default_factory=lambda: dict(TASK_WEIGHT_DEFAULTS))  # loss weight per task
     train_age_cuts: Any = None      # null (= --age-cuts, the scoring cuts) | [young_upper, old_lower] for training targets
+    # mixing augmentations (timm Mixup/CutMix, soft targets) and pseudo-labels; docs/training.md
+    mixup_alpha: float = 0.0        # Beta(a, a) of MixUp; 0 = off
+    cutmix_alpha: float = 0.0       # Beta(a, a) of CutMix; 0 = off
+    cutmix_region: str = "box"      # box (timm: random rectangle) | left_right | top_bottom (split along a line)
+    mix_prob: float = 1.0           # probability that a batch is mixed (when an alpha > 0)
+    mix_switch_prob: float = 0.5    # CutMix instead of MixUp when both alphas > 0
+    mix_mode: str = "batch"         # timm Mixup mode: batch | pair | elem (left_right/top_bottom: batch only)
+    pseudo: Any = None              # null | run or ensemble folder (or its test.csv) whose confident test rows join training
+    pseudo_threshold: float = 0.9   # minimum top-class probability of a pseudo-labelled test image
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -336,11 +357,19 @@ def _train_age_cuts(v):
     return [float(c) for c in v]
 
 
+def _pseudo(v):
+    if v is not None and (not isinstance(v, str) or not v.strip()):
+        raise _expect("null or the path of a run or ensemble folder", v)
+    return v
+
+
 MAX_SIDE = 2048
 RESERVED_NAMES = ("ensemble", "cache", "folds.csv", "folds.json")
 AUGMENT_RULES = {"hflip": probability(), "affine": probability(), "rotate": number(0, 180),
                  "brightness_contrast": probability(), "hue_saturation": probability(),
-                 "coarse_dropout": probability()}
+                 "coarse_dropout": probability(), **{k: probability() for k in (
+                     "color_jitter", "gamma", "clahe", "to_gray", "blur", "gauss_noise", "jpeg", "downscale",
+                     "grid_dropout")}}
 # One rule per TrainConfig field: validate() reads this table, tests/test_settings.py checks that every
 # field has an entry and that each rule refuses values outside it. A new field needs one line here.
 RULES: dict[str, Rule] = {
@@ -383,6 +412,14 @@ RULES: dict[str, Rule] = {
     "age_head": choice("band", "years"),
     "task_weights": section({t: number(0) for t in TASK_WEIGHT_DEFAULTS}, TASK_WEIGHT_DEFAULTS),
     "train_age_cuts": Rule(_train_age_cuts, "null or two increasing ages in years like [30, 58]"),
+    "mixup_alpha": number(0),
+    "cutmix_alpha": number(0),
+    "cutmix_region": choice(*CUTMIX_REGIONS),
+    "mix_prob": probability(),
+    "mix_switch_prob": probability(),
+    "mix_mode": choice(*MIX_MODES),
+    "pseudo": Rule(_pseudo, "null or the path of a run or ensemble folder"),
+    "pseudo_threshold": number(above=0, hi=1),
 }
 
 
@@ -410,6 +447,11 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
         raise bad("task" if cfg.task != "all" else "age_head", "needs heads: tasks (a head per task)")
     if cfg.heads == "tasks" and isinstance(cfg.class_weights, list):
         raise bad("class_weights", "18 class weights do not apply to task heads; use null or balanced (per task)")
+    if mixing(cfg):
+        if cfg.cutmix_region != "box" and cfg.cutmix_alpha > 0 and cfg.mix_mode != "batch":
+            raise bad("mix_mode", f"cutmix_region {cfg.cutmix_region} mixes whole batches; use mix_mode: batch")
+        if cfg.loss == "focal":
+            raise bad("loss", "focal takes class indices; with mixup/cutmix use ce or soft_f1 (soft targets)")
     if cfg.scheduler != "none" and cfg.min_lr > cfg.lr:
         raise bad("min_lr" if "min_lr" in overridden or "lr" not in overridden else "lr",
                   f"min_lr {cfg.min_lr:g} is above lr {cfg.lr:g}; the scheduler would raise the learning rate")
@@ -427,6 +469,11 @@ def setting_error(cfg: TrainConfig, key: str, why: str) -> KfError:
     if key in overridden:
         return KfError(f"--set {key}: {why}")
     return KfError(f"{source}: {key}: {why}" if source else f"{key}: {why}")
+
+
+def mixing(cfg: TrainConfig) -> bool:
+    """Whether training mixes images (MixUp or CutMix on, ``mix_prob`` > 0): the loss then gets soft ``(n, 18)`` targets."""
+    return (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0) and cfg.mix_prob > 0
 
 
 def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:

