@@ -54,9 +54,9 @@ def _source_dir(spec: str, oof_dir: Path) -> Path:
 
 def _test_probs(path: Path, test_ids: np.ndarray) -> np.ndarray:
     """``(n_test, 18)`` probabilities of ``path`` in ``test_ids`` order; KfError naming a missing ImageID."""
-    from ensemble.runs import _read_test
+    from .stagefiles import read_test_csv
 
-    ids, probs = _read_test(path)
+    ids, probs = read_test_csv(path)
     where = pd.Series(np.arange(len(ids)), index=ids)
     missing = [i for i in test_ids if i not in where.index]
     if missing:
