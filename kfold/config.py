@@ -151,7 +151,8 @@ def _set(d: dict, key: str, value: Any, source: str) -> None:
         if top != "augment":
             raise KfError(f"{source}: unknown key {key!r}; only augment.<name> is nested")
         if sub not in AUGMENT_DEFAULTS:
-            raise KfError(f"{source}: unknown augment key {sub!r}; valid: {', '.join(AUGMENT_DEFAULTS)}")
+            where = f"--set {key}" if source == "--set" else f"{source}: {key}"
+            raise KfError(f"{where}: unknown augment key {sub!r}; valid: {', '.join(AUGMENT_DEFAULTS)}")
         d.setdefault("augment", dict(AUGMENT_DEFAULTS))[sub] = value
         return
     if key not in VALID_KEYS:

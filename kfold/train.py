@@ -553,7 +553,10 @@ def check_config(cfg: TrainConfig, device: bool = True) -> None:
     h, w = cfg.image_size
 
     def forward(n: int, train: bool) -> Exception | None:
-        set_train_mode(model) if train else model.eval()
+        if train:
+            set_train_mode(model)
+        else:
+            model.eval()
         try:
             with torch.no_grad():
                 model(torch.zeros(n, 3, h, w))
