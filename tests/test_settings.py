@@ -293,8 +293,8 @@ def test_run_json_records_the_float_of_1e_3_from_set_and_3e_4_from_the_file(smal
 
 PREFLIGHT = [
     # (--set values, the key named, the reason)
-    (["model=test_vit", "image_size=[32,48]"], "image_size",
-     r"\[32, 48\]: test_vit cannot take this size \(AssertionError: .+\)"),
+    (["model=test_vit", "image_size=[20,20]"], "image_size",  # 16-pixel patches
+     r"\[20, 20\]: test_vit cannot take this size \(AssertionError: .+\)"),
     (["batch_size=1"], "batch_size",
      r"1: test_efficientnet cannot train on batches of one 32x32 image \(BatchNorm needs more than one value per "
      r"channel\); use 2 or more"),
@@ -311,9 +311,9 @@ def test_preflight_refuses_what_the_model_or_machine_cannot_take_before_folds_cs
 
 def test_preflight_names_the_config_file_for_a_value_from_the_file(small, tmp_path):
     cfg = tmp_path / "vit.yaml"
-    cfg.write_text(CONFIG.replace("test_efficientnet", "test_vit"))
+    cfg.write_text(CONFIG.replace("test_efficientnet", "test_vit").replace("[32, 32]", "[20, 20]"))  # 16-pixel patches
     one_error_line(invoke(*train_args(small, tmp_path / "oof", cfg=cfg)),
-                   rf"error: {re.escape(str(cfg))}: image_size: \[32, 32\]: test_vit cannot take this size .+")
+                   rf"error: {re.escape(str(cfg))}: image_size: \[20, 20\]: test_vit cannot take this size .+")
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +328,7 @@ def finished(small, tmp_path_factory) -> Path:
 
 FORCE_FAILS = [
     (["device=cuda:99"], r"error: --set device: 'cuda:99': .+"),
-    (["model=test_vit", "image_size=[32,48]"], r"error: --set image_size: \[32, 48\]: test_vit cannot take this size .+"),
+    (["model=test_vit", "image_size=[20,20]"], r"error: --set image_size: \[20, 20\]: test_vit cannot take this size .+"),
     (["pretrained=file:{missing}"], r"error: {missing}: weights file not found"),
     (["label_smoothing=1.5"], r"error: --set label_smoothing: .+"),
 ]
