@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	# torch/torchvision exact pins come from this machine's local wheels (see README)
-	$(VENV)/bin/python -m pip install -q -e '.[test,ray]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,ray,track]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import data_option, label_options, oof_option
+from .options import data_option, label_options, oof_option, track_option
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -95,7 +95,9 @@ def parse_folds(value: str, k: int) -> list[int] | None:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: folds one after another here; ray: each (run, fold) a Ray task (pip install -e '.[ray]').")
 @click.option("--address", default=None, help="Ray cluster address (auto or host:port); default: start a local Ray.")
-def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, overrides, force, progress, executor, address):
+@track_option
+def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, overrides, force, progress, executor, address,
+              track):
     """Train each config's backbone on each fold; write OOF and test probabilities.
 
     Finished folds are skipped on rerun; an interrupted fold resumes from its
@@ -106,11 +108,12 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, configs, fold, ov
       kf train --data ../shared/maskfaces --config configs/lite0.yaml --config configs/mnv3.yaml --fold all
       kf train --config configs/lite0.yaml --fold 0 --set epochs=1 --set image_size=[64,64]
     """
+    from . import tracking
     from .config import load_config, parse_overrides
     from .train import load_data, train_runs
 
     sets = parse_overrides(overrides)
-    cfgs = [load_config(c, sets) for c in configs]
+    cfgs = tracking.enable([load_config(c, sets) for c in configs], track)
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise click.UsageError(f"two configs share a run name: {names}; give each a distinct name")

@@ -67,6 +67,7 @@ class TrainConfig:
     threads: Any = "auto"           # torch intra-op threads: auto | int
     eval_batch_size: int = 128      # inputs per inference forward pass, TTA views included
     seed: int = 42
+    track: bool = False             # log to MLflow (pip install -e '.[track]'; docs/tracking.md); also --track, KF_TRACK=1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
