@@ -157,14 +157,18 @@ def _safe(hook: Callable) -> Callable:
         try:
             return hook(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - tracking must never stop training
-            import mlflow
-
             _state["off"] = True
+            try:
+                import mlflow
+
+                uri = mlflow.get_tracking_uri()
+            except ImportError:
+                uri = os.environ.get("MLFLOW_TRACKING_URI", "MLflow (not installed)")
             why = " ".join(str(e).split())[:200]
             log.warning("tracking to %s failed (%s: %s); kf goes on without tracking: the rest of this call's epoch "
                         "metrics, fold results, summaries and artifacts are not logged (oof/ is complete; rerunning "
                         "the command with the server reachable logs the missed epochs and results)",
-                        mlflow.get_tracking_uri(), type(e).__name__, why)
+                        uri, type(e).__name__, why)
             return None
         finally:
             quiet.setLevel(level)

@@ -244,9 +244,10 @@ def test_killed_and_resumed_training_continues_the_same_mlflow_runs(backend, tin
     configs = write_configs(tmp_path / "configs")[:1]
     killed = kf_train_process(tiny_data, tmp_path / "oof", configs, crash_at=point)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    rerun = kf_train_process(tiny_data, tmp_path / "oof", configs)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "warning" not in rerun.stderr
+    tracking.reset()
+    rerun = CliRunner().invoke(main, train_args(tiny_data, tmp_path / "oof", configs, "--track"))  # here: faster
+    assert rerun.exit_code == 0, rerun.output
+    assert "warning" not in rerun.output
     (parent,) = runs_of(client, experiment, "run")
     assert parent.info.status == "FINISHED"
     assert len(client.get_metric_history(parent.info.run_id, "oof_macro_f1")) == 1
@@ -257,8 +258,9 @@ def test_killed_and_resumed_training_continues_the_same_mlflow_runs(backend, tin
         assert steps(client, r.info.run_id) == [1, 2]  # no epoch twice, none missing
         assert steps(client, r.info.run_id, "train_loss") == [1, 2]
 
-    again = kf_train_process(tiny_data, tmp_path / "oof", configs)  # a rerun that skips every fold adds nothing
-    assert again.returncode == 0 and "finished earlier" in again.stdout
+    tracking.reset()
+    again = CliRunner().invoke(main, train_args(tiny_data, tmp_path / "oof", configs, "--track"))
+    assert again.exit_code == 0 and "finished earlier" in again.output  # a rerun that skips every fold adds nothing
     assert [r.info.run_id for r in runs_of(client, experiment, "run")] == [parent.info.run_id]
     assert len(runs_of(client, experiment, "fold")) == 2
     assert len(client.get_metric_history(parent.info.run_id, "oof_macro_f1")) == 1
@@ -348,3 +350,13 @@ def test_track_config_field_and_kf_track_do_not_change_what_a_run_compares(tiny_
     folds = runs_of(client, "switch", "fold")
     assert sorted(r.data.tags["kf.fold"] for r in folds) == ["0", "1"]  # fold 0, trained untracked, logged from its files
     assert all(steps(client, r.info.run_id) == [1] for r in folds)
+
+
+def test_ray_workers_get_the_drivers_tracking_uri_made_absolute(tmp_path, monkeypatch):
+    from kfold.config import TrainConfig
+
+    use(monkeypatch, "sqlite:///mlflow.db", "ray-env", tmp_path)  # MLflow's local default: relative to the folder
+    assert tracking.ray_init_kwargs([TrainConfig(track=False)]) == {}
+    env = tracking.ray_init_kwargs([TrainConfig(track=False), TrainConfig(name="b", track=True)])["runtime_env"]["env_vars"]
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
+    assert env["MLFLOW_EXPERIMENT_NAME"] == "ray-env"
