@@ -230,7 +230,7 @@ def kf_train_process(data: Path, oof: Path, configs: list[Path], crash_at: str |
     oof.mkdir(parents=True, exist_ok=True)
     with open(oof / "stdout.txt", "w+") as out, open(oof / "stderr.txt", "w+") as err:  # files: see test_kill
         rc = subprocess.run([sys.executable, "-m", "kfold.cli", *train_args(data, oof, configs, "--track")],
-                            env=env, stdout=out, stderr=err, timeout=600).returncode
+                            env=env, stdout=out, stderr=err, timeout=1800).returncode
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess([], rc, out.read(), err.read())
