@@ -393,9 +393,9 @@ BAD = [
     Bad("info-csv-duplicate-imageid", TRAIN, info_duplicate, r"error: {info}: row {row}: duplicate ImageID '{id}'"),
     Bad("info-csv-missing-image", TRAIN, info_missing_image, r"error: {info}: row 3: image {img} not found"),
     # -- configs and weights
-    Bad("config-typo-key", TRAIN, config_typo, r"error: {cfg}: unknown key 'epoch'; valid keys: name, model, .*, seed"),
+    Bad("config-typo-key", TRAIN, config_typo, r"error: {cfg}: unknown key 'epoch'; valid keys: name, model, .*, seed, track"),
     Bad("config-typo-key-real-process", TRAIN, config_typo,
-        r"error: {cfg}: unknown key 'epoch'; valid keys: name, model, .*, seed", via="proc"),
+        r"error: {cfg}: unknown key 'epoch'; valid keys: name, model, .*, seed, track", via="proc"),
     Bad("unknown-backbone", TRAIN + ["--set", "model=efficientnet_b99"], None,
         r"error: --set model: 'efficientnet_b99': not a timm model name \(close: efficientnet_b0, .*\)"),
     Bad("unknown-optimizer", TRAIN + ["--set", "optimizer=adamx"], None,
