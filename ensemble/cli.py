@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from kfold.options import data_option, oof_option
+from kfold.options import data_option, oof_option, track_option
 
 METHOD_CHOICES = ("all", "soft", "geo", "weights", "caruana", "stacking")
 TTA_CHOICES = ("none", "hflip", "flip", "d4")
@@ -31,7 +31,8 @@ TTA_CHOICES = ("none", "hflip", "flip", "d4")
 @click.option("--tta", type=click.Choice(TTA_CHOICES), default=None,
               help="Re-predict each member's OOF and test sets from its fold checkpoints with this TTA "
                    "(into <oof>/<run>@<tta>/, reused when present) and blend those. Needs --data.")
-def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, confidence, tta):
+@track_option
+def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, confidence, tta, track):
     """Blend runs on their OOF probabilities; report single-run vs ensemble macro F1.
 
     Every method is scored twice: in-sample on all OOF rows, and nested (per
@@ -55,8 +56,11 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
       kf ensemble --oof oof --method all --runs effb0,mnv3,lite0
       kf submit --data data --from ensemble/caruana+bias --out submission.csv
     """
+    from kfold import tracking
+
     from .pipeline import format_table, run_ensemble
 
+    track = tracking.wanted(track)
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs is not None else None
     if names == []:
         raise click.BadParameter("empty; name runs (lite0,mnv3) or leave --runs out for every finished run",
@@ -86,6 +90,8 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
     for r in report.replaced:
         click.echo(f"replaced (--overwrite) the earlier {r}")
     scores_csv = next(p for p in report.written if p.name.endswith("_scores.csv"))
+    if track:
+        tracking.log_ensemble(oof, report, scores_csv.name[:-len("_scores.csv")], method, bias)
     click.echo(f"wrote {scores_csv}")
     click.echo(f"chosen ({'by the holdout' if report.choice.on == 'holdout' else 'by the pooled nested estimate'}): "
                f"{report.choice.reason}")

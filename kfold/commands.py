@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import data_option, label_options, oof_option
+from .options import data_option, label_options, oof_option, track_option
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -104,8 +104,9 @@ def parse_folds(value: str, k: int) -> list[int] | None:
                    "confidence >= --pseudo-threshold join every fold's training rows (= --set pseudo=...).")
 @click.option("--pseudo-threshold", type=float, default=None,
               help="Minimum top-class probability of a pseudo-label [config: 0.9] (= --set pseudo_threshold=...).")
+@track_option
 def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs, fold, overrides, force, progress, executor, address,
-              pseudo, pseudo_threshold):
+              pseudo, pseudo_threshold, track):
     """Train each config's backbone on each fold; write OOF and test probabilities.
 
     Finished folds are skipped on rerun; an interrupted fold resumes from its
@@ -119,13 +120,14 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
       kf train --config configs/lite0.yaml --fold 0 --set epochs=1 --set image_size=[64,64]
       kf train --config configs/lite0_mix.yaml --pseudo ensemble/best --pseudo-threshold 0.9
     """
+    from . import tracking
     from .config import load_config, parse_overrides
     from .io import check_can_write, stage_locks
     from .train import check_config, load_data, train_runs
 
     sets = parse_overrides(overrides)
     sets += [(k_, v) for k_, v in (("pseudo", pseudo), ("pseudo_threshold", pseudo_threshold)) if v is not None]
-    cfgs = [load_config(c, sets) for c in configs]
+    cfgs = tracking.enable([load_config(c, sets) for c in configs], track)
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
         raise click.UsageError(f"two configs share a run name: {names}; give each a distinct name")

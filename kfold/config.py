@@ -137,6 +137,7 @@ class TrainConfig:
     mix_mode: str = "batch"         # timm Mixup mode: batch | pair | elem (left_right/top_bottom: batch only)
     pseudo: Any = None              # null | run or ensemble folder (or its test.csv) whose confident test rows join training
     pseudo_threshold: float = 0.9   # minimum top-class probability of a pseudo-labelled test image
+    track: bool = False             # log to MLflow (pip install -e '.[track]'; docs/tracking.md); also --track, KF_TRACK=1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -421,6 +422,7 @@ RULES: dict[str, Rule] = {
     "mix_mode": choice(*MIX_MODES),
     "pseudo": Rule(_pseudo, "null or the path of a run or ensemble folder"),
     "pseudo_threshold": number(above=0, hi=1),
+    "track": boolean(),
 }
 
 

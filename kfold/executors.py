@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from . import tracking
 from .io import KfError, read_json
 
 MAX_RETRIES = 2
@@ -306,7 +307,8 @@ def run_on_ray(jobs: list[tuple], data, oof_dir: str | Path, echo: Callable[[str
     started = False
     if not ray.is_initialized():
         try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                     **tracking.ray_init_kwargs([cfg for cfg, _, _ in jobs]))
         except ConnectionError as e:
             raise KfError(f"--address {address}: {_one_line(e).rstrip('.')}. Is a cluster running there "
                           "(`ray start --head`)? If Ray logged InvalidAuthToken, set RAY_AUTH_MODE=token with the "

@@ -41,3 +41,9 @@ def label_options(f):
     f = click.option("--age-cuts", default="30,60", show_default=True, callback=parse_age_cuts,
                      help="Age band cut-offs in years: <A, A..B-1, >=B (58 is a common second cut).")(f)
     return f
+
+
+track_option = click.option(
+    "--track/--no-track", "track", default=None,
+    help="Log to MLflow (MLFLOW_TRACKING_URI, else MLflow's local default; pip install -e '.[track]'; "
+         "docs/tracking.md). Default: KF_TRACK=1 (kf train: also a config's track: true).")

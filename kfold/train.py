@@ -26,14 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import __version__
+from . import __version__, tracking
 from .config import TrainConfig, dump_config
 from .folds import HOLDOUT_COLS
 from .io import KfError, atomic_write, crash_point, read_json, write_csv, write_json
 
 PROB_COLS = [f"prob_{c}" for c in range(18)]
 # config keys that change how fast, not what is computed
-RUNTIME_KEYS = ("num_workers", "threads", "device", "eval_batch_size")
+RUNTIME_KEYS = ("num_workers", "threads", "device", "eval_batch_size", "track")
 
 
 @dataclass
@@ -407,6 +407,7 @@ class FoldTrainer:
                          "ema": ema.state_dict() if ema is not None else None, "history": history, "epoch": epoch,
                          "best": best, "best_epoch": best_epoch, "bad_epochs": bad_epochs}, last)
             write_csv(pd.DataFrame(history), self.dir / "log.csv")
+            tracking.log_epoch(cfg, self.dir, history[-1])
             self.echo(f"  {cfg.name} fold {self.fold} epoch {epoch + 1}/{cfg.epochs}: loss {history[-1]['train_loss']:.4f} "
                       f"val macro F1 {f1:.4f} acc {history[-1]['val_accuracy']:.4f} "
                       f"({history[-1]['images_per_s']:.0f} img/s, {history[-1]['seconds']:.0f} s)"
@@ -647,6 +648,7 @@ def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle,
     if done.exists():
         r = read_json(done)
         echo(f"  {cfg.name} fold {fold}: finished earlier (macro F1 {r['macro_f1']:.4f}), skipped")
+        tracking.fold_done(cfg, run_dir, fold, r)
         return {**r, "skipped": True}
     size = tuple(cfg.image_size)
     t0 = time.time()
@@ -656,6 +658,7 @@ def run_fold(cfg: TrainConfig, fold: int, run_dir: str | Path, data: DataBundle,
     hold_cache = holdout_cache(data, size, oof_dir)
     r = FoldTrainer(cfg, fold, run_dir, data, train_cache, test_cache, device, workers, echo, progress, hold_cache).run()
     crash_point("fold-done")
+    tracking.fold_done(cfg, run_dir, fold, r)
     echo(f"{cfg.name} fold {fold}: OOF macro F1 {r['macro_f1']:.4f} with TTA {cfg.tta} "
          f"(best epoch {r['best_epoch']}, {r['seconds']:.0f} s)")
     return {**r, "skipped": False}
@@ -698,8 +701,10 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
     for cfg, run_dir in zip(cfgs, run_dirs):
         if cfg.name in pseudo:
             record_pseudo(run_dir, *pseudo[cfg.name], echo)
+        tracking.run_started(cfg, run_dir)
     def summarise(cfg: TrainConfig, run_dir: Path) -> dict:
         meta = assemble_run(cfg, run_dir, data)
+        tracking.run_finished(cfg, run_dir, meta)
         if meta["finished"]:
             hold = f", holdout macro F1 {meta['holdout_macro_f1']:.4f}" if "holdout_macro_f1" in meta else ""
             echo(f"{cfg.name}: OOF macro F1 {meta['oof_macro_f1']:.4f}, accuracy {meta['oof_accuracy']:.4f} over {k} folds{hold} "

@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from kfold.io import KfError, check_writable
-from kfold.options import data_option, oof_option
+from kfold.options import data_option, oof_option, track_option
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -27,7 +27,8 @@ def _same_file(a: Path, b: Path) -> bool:
               help="An earlier submission: count changed answers and list the commonest changes.")
 @click.option("--ground-truth", "ground_truth", type=click.Path(), default=None, metavar="GT.csv",
               help="ImageID,ans with the true answers (a local holdout): print macro F1 and accuracy.")
-def submit_cmd(source, out, data, oof, overwrite, compare, ground_truth):
+@track_option
+def submit_cmd(source, out, data, oof, overwrite, compare, ground_truth, track):
     """Write the competition CSV (ImageID,ans in eval/info.csv order, ans = argmax) from a test.csv.
 
     Every input is validated before anything is written; the file is written
@@ -42,6 +43,9 @@ def submit_cmd(source, out, data, oof, overwrite, compare, ground_truth):
     from .summary import (class_distribution, compare_answers, format_changes, format_distribution, format_score,
                           score, train_labels)
 
+    from kfold import tracking
+
+    track = tracking.wanted(track)
     out = Path(out)
     check_writable(out, overwrite=overwrite)
     src = resolve_source(source, oof)
@@ -56,6 +60,8 @@ def submit_cmd(source, out, data, oof, overwrite, compare, ground_truth):
     train, note = train_labels(data)
 
     write_submission(sub, out, info_ids, overwrite=overwrite)
+    if track:
+        tracking.log_submission(out, src, sub["ans"].to_numpy(), source)
 
     reordered = list(probs["ImageID"].astype(str).str.strip()) != list(sub["ImageID"])
     click.echo(f"wrote {out}: {len(sub):,} rows from {src}" + (" (rows reordered to info.csv order)" if reordered else ""))

@@ -137,6 +137,7 @@ BAD = {
     "mix_mode": ["row"],
     "pseudo": ["''", "3"],
     "pseudo_threshold": ["0", "1.1", ".nan"],
+    "track": ["yes", "1"],
     **{f"augment.{k}": ["1.5", "-0.1"] for k in ("color_jitter", "gamma", "clahe", "to_gray", "blur", "gauss_noise",
                                                  "jpeg", "downscale", "grid_dropout")},
 }
@@ -195,6 +196,7 @@ GOOD = {
     "mix_mode": [("pair", None)],
     "pseudo": [("null", None), ("ensemble/best", None)],
     "pseudo_threshold": [("0.95", 0.95), ("1", 1.0)],
+    "track": [("false", False)],
     **{f"augment.{k}": [("0.3", 0.3)] for k in ("color_jitter", "gamma", "clahe", "to_gray", "blur", "gauss_noise",
                                                  "jpeg", "downscale", "grid_dropout")},
 }
