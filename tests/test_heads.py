@@ -170,8 +170,8 @@ def test_training_targets_use_the_training_cuts_and_carry_years_for_a_years_head
     ({"task": "mask"}, "task: needs heads: tasks"),
     ({"age_head": "years"}, "age_head: needs heads: tasks"),
     ({"heads": "tasks", "class_weights": [1] * 18}, "18 class weights do not apply to task heads"),
-    ({"heads": "tasks", "task_weights": {"mask": 1, "age_years": 2}}, "task_weights: expected a mapping"),
-    ({"heads": "tasks", "task_weights": {"mask": -1}}, "task_weights: mask: expected a non-negative number"),
+    ({"heads": "tasks", "task_weights": {"mask": 1, "age_years": 2}}, "task_weights: unknown key 'age_years'; valid: mask, gender, age"),
+    ({"heads": "tasks", "task_weights": {"mask": -1}}, "task_weights: mask: expected a finite number >= 0, got -1"),
     ({"train_age_cuts": [58, 30]}, "train_age_cuts: expected null or two increasing ages"),
     ({"heads": "multi"}, "heads: 'multi' is not one of joint, tasks"),
 ])

@@ -110,8 +110,8 @@ def test_soft_target_losses_equal_the_hard_ones_on_one_hot_targets():
     (["cutmix_alpha=1", "loss=focal"], "loss: focal takes class indices"),
     (["cutmix_alpha=1", "cutmix_region=left_right", "mix_mode=pair"], "mix_mode: cutmix_region left_right mixes whole batches"),
     (["cutmix_region=diagonal"], "cutmix_region: 'diagonal' is not one of box, left_right, top_bottom"),
-    (["mix_prob=1.5"], "mix_prob: expected a number in 0..1"),
-    (["pseudo_threshold=0"], "pseudo_threshold: expected a probability"),
+    (["mix_prob=1.5"], "mix_prob: expected a number in \\[0, 1\\], got 1.5"),
+    (["pseudo_threshold=0"], "pseudo_threshold: expected a number in \\(0, 1\\], got 0"),
 ])
 def test_bad_mixing_and_pseudo_settings_are_refused(tmp_path, extra, message):
     with pytest.raises(KfError, match=message):
