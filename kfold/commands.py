@@ -136,6 +136,10 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
         check_config(c, device=executor == "local")
     check_can_write(oof, folder=True)  # before minutes of work: a read-only or full --oof is one line now
     bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed, holdout=holdout)
+    if bundle.has_holdout:
+        meta = bundle.folds_meta
+        click.echo(f"holdout: {meta['n_holdout_people']} people ({meta['n_holdout_images']} images) withheld from every "
+                   f"fold ({Path(oof) / 'holdout.csv'})")
     with stage_locks([Path(oof) / n for n in names], click.echo):  # one kf train per run folder at a time
         metas = train_runs(cfgs, bundle, oof, folds, force=force, echo=click.echo, progress=progress,
                            executor=executor, address=address)

@@ -708,7 +708,8 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
         if meta["finished"]:
             hold = f", holdout macro F1 {meta['holdout_macro_f1']:.4f}" if "holdout_macro_f1" in meta else ""
             echo(f"{cfg.name}: OOF macro F1 {meta['oof_macro_f1']:.4f}, accuracy {meta['oof_accuracy']:.4f} over {k} folds{hold} "
-                 f"({meta['seconds'] / 60:.1f} min) -> {run_dir / 'oof.csv'}, {run_dir / 'test.csv'}")
+                 f"({meta['seconds'] / 60:.1f} min) -> {run_dir / 'oof.csv'}, {run_dir / 'test.csv'}"
+                 + (f", {run_dir / 'holdout.csv'}" if data.has_holdout else ""))
         else:
             echo(f"{cfg.name}: folds done {sorted(int(f) for f in meta['folds'])} of {k}; oof.csv/test.csv come when all are done")
         return meta

@@ -20,7 +20,7 @@ from kfold.heads import (TASKS, TaskLoss, TaskModel, age_band_log_probs, build_t
 from kfold.io import KfError
 from kfold.train import PROB_COLS, load_data, train_runs
 from kfold.tta import tta_compose, tta_probs
-from test_train import check_resume, tiny_config
+from test_train import check_predict_reproduces_test_csv, check_resume, tiny_config
 
 CUTS = torch.tensor([30.0, 60.0])
 
@@ -222,13 +222,7 @@ def test_a_task_head_run_records_both_age_cuts_and_task_accuracy_and_predicts_fr
     assert meta["config"]["heads"] == "tasks" and meta["config"]["age_head"] == "years"
     oof = pd.read_csv(oof_dir / "years" / "oof.csv")
     assert meta["oof_task_accuracy"] == task_accuracy(oof[PROB_COLS].to_numpy(), oof["label"].to_numpy())
-    out = tmp_path / "probs.csv"
-    res = CliRunner().invoke(main, ["predict", "years", "--oof", str(oof_dir), "--images",
-                                    str(tiny_data / "eval" / "images"), "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    got = pd.read_csv(out).set_index("ImageID")
-    test = pd.read_csv(oof_dir / "years" / "test.csv").set_index("ImageID")
-    np.testing.assert_allclose(got.loc[test.index, PROB_COLS].to_numpy(), test[PROB_COLS].to_numpy(), atol=1e-5)
+    check_predict_reproduces_test_csv(oof_dir, "years", tiny_data / "eval" / "images", tmp_path / "probs.csv")
 
 
 def test_kf_combine_joins_three_single_task_runs_into_a_run_that_kf_ensemble_and_kf_predict_read(task_runs, tiny_data):

@@ -31,14 +31,7 @@ from kfold.cli import main
 from kfold.config import RULES, TrainConfig, load_config, parse_overrides
 from kfold.io import KfError, read_json
 
-CONFIG = """model: test_efficientnet
-pretrained: none
-image_size: [32, 32]
-epochs: 1
-batch_size: 16
-eval_batch_size: 64
-tta: none
-"""
+from test_bad_inputs import CONFIG  # the same tiny config
 N_PEOPLE = 7
 
 

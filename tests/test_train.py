@@ -233,12 +233,15 @@ def test_kf_ensemble_tta_repredicts_members_and_blends_the_new_predictions(train
 @pytest.mark.trains
 def test_kf_predict_applies_the_fold_models_to_a_folder_of_images(trained, tiny_data, tmp_path):
     oof_dir, _, _, _ = trained
-    out = tmp_path / "probs.csv"
-    res = CliRunner().invoke(main, ["predict", "tiny", "--oof", str(oof_dir), "--images",
-                                    str(tiny_data / "eval" / "images"), "--out", str(out)])
+    check_predict_reproduces_test_csv(oof_dir, "tiny", tiny_data / "eval" / "images", tmp_path / "probs.csv")
+
+
+def check_predict_reproduces_test_csv(oof_dir, run: str, images, out) -> None:
+    """``kf predict RUN`` on the eval images gives the run's test.csv (same machine: within 1e-5)."""
+    res = CliRunner().invoke(main, ["predict", run, "--oof", str(oof_dir), "--images", str(images), "--out", str(out)])
     assert res.exit_code == 0, res.output
     got = pd.read_csv(out).set_index("ImageID")
-    test = pd.read_csv(oof_dir / "tiny" / "test.csv").set_index("ImageID")
+    test = pd.read_csv(oof_dir / run / "test.csv").set_index("ImageID")
     np.testing.assert_allclose(got.loc[test.index, PROB_COLS].to_numpy(), test[PROB_COLS].to_numpy(), atol=1e-5)
 
 
