@@ -37,7 +37,6 @@ MLflow's HTTP retries and timeout unless the user set them
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import getpass
 import hashlib
@@ -106,15 +105,13 @@ def enable(cfgs: list, flag: bool | None) -> list:
     Raises:
         KfError: ``track`` not a boolean, or tracking wanted but MLflow not installed.
     """
-    out = []
-    for cfg in cfgs:
+    for cfg in cfgs:  # in place: the validated config keeps where each value came from (kfold.config.setting_error)
         if not isinstance(cfg.track, bool):
             raise KfError(f"config {cfg.name}: track: expected true or false, got {cfg.track!r}")
-        on = flag if flag is not None else (cfg.track or env_wants())
-        out.append(dataclasses.replace(cfg, track=bool(on)))
-    if any(c.track for c in out):
+        cfg.track = bool(flag if flag is not None else (cfg.track or env_wants()))
+    if any(c.track for c in cfgs):
         require()
-    return out
+    return list(cfgs)
 
 
 def ray_init_kwargs(cfgs: list) -> dict:

@@ -411,8 +411,8 @@ BAD = [
         r"error: {root}/none\.pth: weights file not found"),
     # -- folds
     Bad("train-with-other-k-than-folds-csv", [a if a != "2" else "3" for a in TRAIN], None,
-        r"error: {oof}/folds\.csv: made with other settings \(K=2, seed=42, 49 images\) than asked \(K=3, seed=42, "
-        r"49 images, or other labels/corrections\); .*"),
+        r"error: {oof}/folds\.csv: made with other settings \(K=2, seed=42, holdout=0, 49 images\) than asked "
+        r"\(K=3, seed=42, holdout=0, 49 images, or other labels/corrections\); .*"),
     Bad("folds-csv-hand-edited", FOLDS, edit_folds_csv,
         r"error: {oof}/folds\.csv: content does not match folds_fingerprint in {oof}/folds\.json \(edited or damaged\); "
         r"rerun kf folds --force"),

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from kfold.cli import COMMANDS, main
 
-ALL_COMMANDS = ["make-data", "folds", "train", "ensemble", "predict", "import", "export", "submit", "eda", "report"]
+ALL_COMMANDS = ["make-data", "folds", "train", "combine", "ensemble", "predict", "import", "export", "submit", "eda", "report"]
 
 
 def kf_argv() -> list[str]:

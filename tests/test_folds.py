@@ -116,7 +116,8 @@ def test_ensure_folds_writes_folds_csv_and_json(tiny_images, tmp_path):
     assert js == meta
     assert (js["k"], js["seed"], js["n_images"], js["n_people"]) == (4, 5, 140, 20)
     assert js["folds_fingerprint"] == folds_fingerprint(folds)
-    assert set(js) == {"k", "seed", "n_images", "n_people", "settings_fingerprint", "folds_fingerprint"}
+    assert set(js) == {"k", "seed", "n_images", "n_people", "settings_fingerprint", "folds_fingerprint", "repaired"}
+    assert js["repaired"] == []  # no fold was left empty
 
 
 def test_matching_settings_reuse_the_file_without_rewriting_it(tiny_images, tmp_path):

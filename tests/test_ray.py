@@ -11,6 +11,7 @@ Ray is not installed; the others run without it.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -158,7 +159,8 @@ def test_ray_run_writes_the_local_executors_oof_and_test_files_and_summary(local
         assert b["finished"] is True and b["oof_macro_f1"] == a["oof_macro_f1"]
         assert {f: r["macro_f1"] for f, r in b["folds"].items()} == {f: r["macro_f1"] for f, r in a["folds"].items()}
     assert summary_rows(ray_out) == summary_rows(local_out)
-    assert "ray: 4 fold task(s) on 1 node(s) (2 CPUs, 0 GPUs); each asks for 2 CPUs; up to 2 retries" in ray_out
+    assert re.search(r"ray: 4 fold task\(s\) on 1 node\(s\) \(2 CPUs, 0 GPUs; 1 checked to see --oof and --data\); "
+                     r"each asks for 2 CPUs; up to 2 retries", ray_out), ray_out
     assert ray_out.count(f"{THREADS} threads") == 4  # each task's log line came back to the driver
 
 
