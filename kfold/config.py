@@ -507,13 +507,15 @@ def load_config(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> Trai
     """
     path = Path(path)
     try:
-        raw = load_yaml(path.read_text(encoding="utf-8")) or {}
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise KfError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise KfError(f"{path}: invalid YAML{where}") from None
+    if raw is None:  # an empty (or comments-only) file would silently train every default
+        raise KfError(f"{path}: empty config; expected a mapping of key: value (e.g. model: tf_efficientnet_lite0)")
     if not isinstance(raw, dict):
         raise KfError(f"{path}: expected a mapping of key: value")
     d: dict = {"name": path.stem}

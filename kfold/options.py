@@ -1,6 +1,7 @@
 """Options shared by every kf command (``--data``, ``--oof``) and data-label settings."""
 from __future__ import annotations
 
+import math
 import os
 
 import click
@@ -18,6 +19,8 @@ def parse_age_cuts(ctx: click.Context, param: click.Parameter, value: str) -> tu
         a, b = (float(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter("expected two numbers like 30,60") from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise click.BadParameter("expected two finite ages in years like 30,60")
     if not a < b:
         raise click.BadParameter("the first cut must be below the second")
     return a, b
@@ -35,7 +38,7 @@ def label_options(f):
                      callback=check_holdout, help="Share of the people withheld from every fold as a local holdout (e.g. 0.2): "
                           "predicted like the test set, scored beside every estimate, never fitted on.")(f)
     f = click.option("--folds-seed", default=42, show_default=True, help="random_state of StratifiedGroupKFold.")(f)
-    f = click.option("--k", default=5, show_default=True, help="Number of folds.")(f)
+    f = click.option("--k", default=5, show_default=True, type=click.IntRange(min=2), help="Number of folds.")(f)
     f = click.option("--corrections", type=click.Path(dir_okay=False), default=None,
                      help="Label-corrections CSV (path,field,value), applied before anything else.")(f)
     f = click.option("--age-cuts", default="30,60", show_default=True, callback=parse_age_cuts,

@@ -509,3 +509,22 @@ def test_non_finite_outputs_at_validation_or_prediction_stop_the_fold(small, tmp
     one_error_line(r, r"error: run tiny fold 0 " + pattern + r"; the fold stopped and fold0/ was removed\. .+")
     assert not (oof / "tiny" / "fold0").exists()
     assert read_json(oof / "tiny" / "run.json")["finished"] is False
+
+
+@pytest.mark.parametrize("case", ["empty-config", "comments-only-config", "k-0", "age-cut-inf", "age-cut-nan"])
+def test_found_by_a_fresh_user_an_empty_config_a_k_below_2_and_non_finite_age_cuts_are_one_line(small, tmp_path, case):
+    oof = tmp_path / "oof"
+    args = train_args(small, oof)
+    if case.endswith("config"):
+        cfg = tmp_path / "empty.yaml"
+        cfg.write_text("" if case == "empty-config" else "# nothing yet\n")
+        args = train_args(small, oof, cfg=cfg)
+        pattern = rf"error: {re.escape(str(cfg))}: empty config; expected a mapping of key: value .+"
+    elif case == "k-0":
+        args[args.index("--k") + 1] = "0"
+        pattern = r"error: Invalid value for '--k': 0 is not in the range x>=2\..*"
+    else:
+        args += ["--age-cuts", "30,inf" if case == "age-cut-inf" else "30,nan"]
+        pattern = r"error: Invalid value for '--age-cuts': expected two finite ages in years like 30,60.*"
+    one_error_line(invoke(*args), pattern)
+    assert not oof.exists()
