@@ -25,10 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfold.folds import FOLDS_CSV, FOLDS_JSON, HOLDOUT_COLS, folds_fingerprint, load_folds, load_holdout
+from kfold.folds import FOLDS_CSV, FOLDS_JSON, folds_fingerprint, load_folds, load_holdout
 from kfold.io import KfError, atomic_write, read_csv, read_json
-from kfold.labels import N_CLASSES
-from kfold.stagefiles import KEY_COLS, PROB_COLS, _row, _val, check_probs, int_column, read_oof_csv, read_test_csv
+from kfold.stagefiles import KEY_COLS, PROB_COLS, _row, _val, read_holdout_csv, read_oof_csv, read_test_csv
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +140,6 @@ def _first_diff(a: pd.DataFrame, b: pd.DataFrame, cols: list[str]) -> tuple[int,
     return None
 
 
-def _read_holdout(path: Path, ref: pd.DataFrame) -> np.ndarray:
-    """``(n_holdout, 18)`` probabilities of a run's ``holdout.csv``, whose keys must equal ``oof/holdout.csv``'s."""
-    df = read_csv(path, required=HOLDOUT_COLS, dtype={"image": str, "person": str}, keep_default_na=False,
-                  na_values={c: ["", "nan", "NaN", "NA"] for c in PROB_COLS})
-    if len(df) != len(ref):
-        raise KfError(f"{path}: {len(df)} rows, expected {len(ref)} as in oof/holdout.csv")
-    df["label"] = int_column(df, "label", path, high=N_CLASSES - 1, what=f"a class 0..{N_CLASSES - 1}")
-    diff = _first_diff(df[HOLDOUT_COLS], ref.astype({"label": np.int64}), HOLDOUT_COLS)
-    if diff is not None:
-        i, c = diff
-        raise KfError(f"{path}: {_row(i)}: {c} {_val(df[c].iloc[i])} differs from {_val(ref[c].iloc[i])} in oof/holdout.csv")
-    return check_probs(df, path, "image")
-
-
 def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str | Path | None = None) -> RunSet:
     """Load and cross-check the OOF and test probabilities of ``runs``.
 
@@ -242,7 +227,7 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
                               f"in {ref_test_name} (test.csv must follow info.csv order)")
         if hold_ref is not None:
             if (d / "holdout.csv").is_file():
-                holds.append(_read_holdout(d / "holdout.csv", hold_ref))
+                holds.append(read_holdout_csv(d / "holdout.csv", hold_ref))
             else:
                 no_hold.append(name)
         dirs.append(d)

@@ -153,3 +153,33 @@ def read_test_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         i = int(np.flatnonzero(dup)[0])
         raise KfError(f"{path}: {_row(i)}: duplicate ImageID {ids[i]!r}")
     return ids, check_probs(df, path, "ImageID")
+
+
+def read_holdout_csv(path: str | Path, ref: pd.DataFrame) -> np.ndarray:
+    """Read a run's ``holdout.csv`` (``image, person, label, prob_0..prob_17``), checked against ``oof/holdout.csv``.
+
+    Args:
+        ref: ``oof/holdout.csv`` (:func:`kfold.folds.load_holdout`): the keys the file must list, in its order.
+
+    Returns:
+        ``(n_holdout, 18)`` float64 probabilities, rows summing to 1.
+
+    Raises:
+        KfError: another row count, a key that differs from ``ref`` (naming the row), a label
+            that is not a class, or bad probabilities (see :func:`check_probs`).
+    """
+    path = Path(path)
+    cols = ["image", "person", "label"]
+    df = read_csv(path, required=cols, dtype={"image": str, "person": str}, keep_default_na=False,
+                  na_values={c: _NA for c in PROB_COLS})
+    if len(df) != len(ref):
+        raise KfError(f"{path}: {len(df)} rows, expected {len(ref)} as in oof/holdout.csv")
+    df["label"] = int_column(df, "label", path, high=N_CLASSES - 1, what=f"a class 0..{N_CLASSES - 1}")
+    for c in cols:
+        ne = df[c].to_numpy() != ref[c].astype(df[c].dtype).to_numpy()
+        if ne.any():
+            i = int(np.flatnonzero(ne)[0])
+            raise KfError(f"{path}: {_row(i)}: {c} {_val(df[c].iloc[i])} differs from {_val(ref[c].iloc[i])} "
+                          "in oof/holdout.csv")
+    return check_probs(df, path, "image")
+

@@ -30,8 +30,8 @@ from . import __version__, tracking
 from .config import TrainConfig, dump_config
 from .folds import HOLDOUT_COLS
 from .io import KfError, atomic_write, crash_point, read_json, write_csv, write_json
+from .stagefiles import PROB_COLS
 
-PROB_COLS = [f"prob_{c}" for c in range(18)]
 # config keys that change how fast, not what is computed
 RUNTIME_KEYS = ("num_workers", "threads", "device", "eval_batch_size", "track")
 

@@ -21,8 +21,9 @@ import pandas as pd
 
 from kfold.io import KfError, check_writable, read_csv, write_csv
 from kfold.labels import N_CLASSES
+from kfold.stagefiles import PROB_COLS
 
-PROB_COLUMNS = [f"prob_{c}" for c in range(N_CLASSES)]
+PROB_COLUMNS = PROB_COLS  # the one definition (kfold/stagefiles.py)
 SUBMISSION_COLUMNS = ["ImageID", "ans"]
 SUM_TOLERANCE = 1e-3
 

@@ -187,3 +187,16 @@ def test_select_on_holdout_needs_a_holdout_and_is_recorded(tmp_path):
     assert meta["select_on"] == "holdout" and "holdout macro F1" in meta["reason"]
     assert meta["selection_score"] == pytest.approx(scores.loc[meta["chosen"], "holdout_macro_f1"], abs=1e-6)
     assert (h / "ensemble" / "best" / "holdout.csv").is_file() and (h / "ensemble" / "soft" / "holdout.csv").is_file()
+
+
+def test_a_runs_holdout_csv_that_differs_from_oof_holdout_csv_is_refused_naming_the_row(tmp_path):
+    from kfold.io import KfError
+
+    d = tmp_path / "oof"
+    write_synthetic_runs(d, n_people=20, n_runs=2, k=5, n_test=7, seed=2, n_holdout_people=5)
+    df = pd.read_csv(d / "run1" / "holdout.csv")
+    df.loc[3, "image"] = "train/images/elsewhere/mask1.jpg"
+    df.to_csv(d / "run1" / "holdout.csv", index=False)
+    with pytest.raises(KfError, match=r"run1/holdout\.csv: row 5: image 'train/images/elsewhere/mask1\.jpg' differs from .+ "
+                                      r"in oof/holdout\.csv"):
+        load_runs(d)
