@@ -9,7 +9,7 @@ from .bias import BiasTuning, tune_biases
 from .caruana import CaruanaSelection
 from .evaluate import fold_scores, nested_estimate, nested_fits, score_row
 from .methods import METHODS, from_state, make_method, to_state
-from .metrics import accuracy, confusion_matrix, f1_per_class, macro_f1, macro_f1_batch
+from kfold.metrics import accuracy, confusion_matrix, f1_per_class, macro_f1, macro_f1_batch
 from .pipeline import run_ensemble
 from .runs import RunSet, load_runs
 from .stacking import Stacking

@@ -5,7 +5,7 @@ import numpy as np
 from sklearn.base import clone
 
 from .base import Ensembler, log_proba, softmax
-from .metrics import f1_from_confusion, macro_f1
+from kfold.metrics import f1_from_confusion, macro_f1
 
 DEFAULT_GRID = tuple(np.round(np.linspace(-2.0, 2.0, 41), 10))
 

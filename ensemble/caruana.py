@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import WeightedMean, check_P
-from .metrics import macro_f1
+from kfold.metrics import macro_f1
 
 
 class CaruanaSelection(WeightedMean):

@@ -27,7 +27,7 @@ from sklearn.base import clone
 from kfold.labels import N_CLASSES
 
 from .base import Ensembler
-from .metrics import accuracy, f1_per_class, macro_f1
+from kfold.metrics import accuracy, f1_per_class, macro_f1
 
 
 def nested_fits(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> Iterator[tuple[int, np.ndarray, Ensembler]]:

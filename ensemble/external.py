@@ -44,7 +44,7 @@ from submit.submission import read_info_ids, validate_test_probs
 
 from .base import softmax
 from .methods import _NAME_RE
-from .metrics import macro_f1
+from kfold.metrics import macro_f1
 from kfold.stagefiles import SUM_TOL, _row, _val
 from kfold.stagefiles import check_probs as _check_probs
 

@@ -28,7 +28,7 @@ from kfold.folds import HOLDOUT_COLS
 
 from .evaluate import fold_scores, nested_fits, score_row
 from .methods import METHODS, ensemble_name, make_method, to_state
-from .metrics import macro_f1
+from kfold.metrics import macro_f1
 from .runs import KEY_COLS, RunSet, load_runs, write_probs_csv
 from .selection import CONFIDENCE, N_BOOT, Choice, bootstrap_macro_f1, choose
 

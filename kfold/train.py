@@ -30,6 +30,7 @@ from . import __version__, tracking
 from .config import TrainConfig, dump_config
 from .folds import HOLDOUT_COLS
 from .io import KfError, atomic_write, crash_point, read_json, write_csv, write_json
+from .metrics import macro_f1
 from .stagefiles import PROB_COLS
 
 # config keys that change how fast, not what is computed
@@ -51,13 +52,6 @@ class DataBundle:
     @property
     def has_holdout(self) -> bool:
         return self.holdout is not None and len(self.holdout) > 0
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = 18) -> float:
-    """Macro F1 over ``n_classes`` classes (sklearn's ``f1_score(average='macro', labels=range(n), zero_division=0)``)."""
-    from sklearn.metrics import f1_score
-
-    return float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_classes)), zero_division=0))
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:

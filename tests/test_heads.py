@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from kfold import labels as L
+from kfold import metrics
 from kfold import train
 from kfold.cli import main
 from kfold.config import TrainConfig, validate
@@ -268,4 +269,4 @@ def test_a_single_task_run_picks_its_epoch_and_reports_folds_by_the_tasks_macro_
     g_pred = task_marginals(oof[PROB_COLS].to_numpy())[1].argmax(1)
     for f, r in metas["gender"]["folds"].items():
         rows = oof["fold"].to_numpy() == int(f)
-        assert r["macro_f1"] == pytest.approx(train.macro_f1(g_true[rows], g_pred[rows], 2), abs=1e-12)
+        assert r["macro_f1"] == pytest.approx(metrics.macro_f1(g_true[rows], g_pred[rows], 2), abs=1e-12)

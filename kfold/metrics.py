@@ -1,4 +1,4 @@
-"""Macro F1 from a confusion matrix, vectorised with ``np.bincount``.
+"""The competition metric: macro F1 over the 18 classes, from a confusion matrix vectorised with ``np.bincount``.
 
 The competition metric is the macro F1 over the 18 classes. scikit-learn's
 ``f1_score(average="macro", labels=range(18), zero_division=0)`` takes
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kfold.labels import N_CLASSES
+from .labels import N_CLASSES
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int = N_CLASSES) -> np.ndarray:
