@@ -15,10 +15,10 @@ from PIL import Image
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from kfold import labels as L
-from kfold.cli import main
+from kf.cli import main
 from kfold.data import read_train
 from kfold.io import KfError
-from kfold.report import evaluate, read_oof, run_report, suspects_table, task_probs
+from reports.report import evaluate, read_oof, run_report, suspects_table, task_probs
 from kfold.synth import make_data
 
 PROB_COLS = [f"prob_{c}" for c in range(18)]

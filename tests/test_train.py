@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from kfold import train
-from kfold.cli import main
+from kf.cli import main
 from kfold.config import load_config, parse_overrides
 from kfold.io import KfError
 from kfold.train import PROB_COLS, load_data, train_runs

@@ -25,8 +25,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import labels as L
-from .io import KfError, atomic_write, write_csv
+from kfold import labels as L
+from kfold.labels import band_names, class_labels
+from kfold.io import KfError, atomic_write, write_csv
 
 #: kind of each junk entry, by name
 JUNK_KINDS = (("._", "macOS resource fork (._*)"), (".ipynb_checkpoints", "Jupyter checkpoint folder"),
@@ -39,30 +40,6 @@ TABLE_FILES = {
     "corrections": "corrections.csv",
 }
 MASK_COLOURS = ("#4c72b0", "#dd8452", "#c44e52")  # wear, incorrect, not wear
-
-
-# --------------------------------------------------------------------------- names
-
-def band_names(cuts: Sequence[float] = L.DEFAULT_AGE_CUTS) -> tuple[str, str, str]:
-    """Readable age-band names for ``cuts = (a, b)``: ``('<30', '30-59', '>=60')`` for (30, 60).
-
-    Raises:
-        ValueError: cuts are not two increasing numbers.
-    """
-    a, b = (float(c) for c in cuts)
-    if not a < b:
-        raise ValueError(f"age cuts must be two increasing numbers, got {tuple(cuts)}")
-    mid = f"{a:g}-{b - 1:g}" if a.is_integer() and b.is_integer() else f"{a:g}-<{b:g}"
-    return f"<{a:g}", mid, f">={b:g}"
-
-
-def class_labels(cuts: Sequence[float] = L.DEFAULT_AGE_CUTS) -> list[str]:
-    """The 18 class names with the age bands of ``cuts``, e.g. ``'wear/female/30-57'`` for class 4 at (30, 58).
-
-    Equals :func:`kfold.labels.class_names` for the default cuts.
-    """
-    ages = band_names(cuts)
-    return [f"{L.MASK_NAMES[c // 6]}/{L.GENDER_NAMES[(c // 3) % 2]}/{ages[c % 3]}" for c in range(L.N_CLASSES)]
 
 
 # --------------------------------------------------------------------------- tables
@@ -144,7 +121,7 @@ def image_files(root: str | Path, images: pd.DataFrame, eval_images: pd.DataFram
         cannot read the header), ``problem`` (None, or why kf will refuse the
         file: unreadable header, or a mode without an agreed range such as ``F``).
     """
-    from .images import image_info
+    from kfold.images import image_info
 
     root = Path(root)
     rows = []
@@ -166,7 +143,7 @@ def correction_rows(root: str | Path, corrections: str | Path | None, age_cuts: 
     Raises:
         KfError: see :func:`kfold.data.read_corrections`.
     """
-    from .data import read_corrections, read_people
+    from kfold.data import read_corrections, read_people
 
     cols = ["path", "field", "old", "new", "changed"]
     if corrections is None:
@@ -217,7 +194,7 @@ def eda_tables(root: str | Path, age_cuts: Sequence[float] = L.DEFAULT_AGE_CUTS,
         KfError: the folder is missing or unreadable (see :func:`kfold.data.read_train`,
             :func:`kfold.data.read_eval`, :func:`kfold.data.read_corrections`).
     """
-    from .data import read_eval, read_people, read_train
+    from kfold.data import read_eval, read_people, read_train
 
     root = Path(root)
     age_cuts = (float(age_cuts[0]), float(age_cuts[1]))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import data_option, oof_option, parse_age_cuts
+from kfold.options import data_option, oof_option, parse_age_cuts
 
 
 def _label_options(f):

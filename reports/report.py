@@ -35,10 +35,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from . import labels as L
+from kfold import labels as L
+from kfold.io import KfError, atomic_write, read_csv, read_json, write_csv
+from kfold.stagefiles import KEY_COLS, PROB_COLS, read_oof_csv
+
 from .eda import band_names, class_labels, html_page, png_tag, save_png, table_html
-from .io import KfError, atomic_write, read_csv, read_json, write_csv
-from .stagefiles import KEY_COLS, PROB_COLS, read_oof_csv
 
 #: folders under ``--oof`` that are never runs
 NOT_RUNS = ("ensemble", "cache", "report", "eda")
