@@ -1,4 +1,4 @@
-"""click commands ``kf eda`` and ``kf report``: thin wrappers over :mod:`kfold.eda` and :mod:`kfold.report`."""
+"""click commands ``kf eda`` and ``kf report``: thin wrappers over :mod:`reports.eda` and :mod:`reports.report`."""
 from __future__ import annotations
 
 from pathlib import Path

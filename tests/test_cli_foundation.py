@@ -91,7 +91,8 @@ def test_kf_help_lists_every_command():
 def test_kf_help_imports_no_command_module():
     code = ("import sys\nfrom kf.cli import main\n"
             "try:\n    main(['--help'], prog_name='kf')\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'albumentations', 'ensemble', 'submit', 'reports', 'sklearn')"
+            "heavy = [m for m in sys.modules"
+            " if m.split('.')[0] in ('torch', 'timm', 'albumentations', 'ensemble', 'submit', 'reports', 'sklearn')"
             " or m in ('kfold.commands', 'kfold.train', 'kfold.models')]\n"
             "print('HEAVY', sorted(heavy))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from kfold import tracking
 from kf.cli import main
+from kfold import tracking
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed; pip install -e '.[track]' to test tracking")
 from mlflow import MlflowClient  # noqa: E402
