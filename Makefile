@@ -1,12 +1,13 @@
 # Two commands do all the set-up (see README.md):
 #   make demo   # create .venv if needed, then train -> ensemble -> submit on the default data
 #   make test   # create .venv if needed, then run the test suite
+#   make lint   # ruff check . (the [tool.ruff] settings in pyproject.toml)
 PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: demo test bench venv clean-demo
+.PHONY: demo test lint bench venv clean-demo
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -24,6 +25,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -p no:cacheprovider
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash benches/run.sh

@@ -72,7 +72,7 @@ def run(ctx: Context) -> list[Row]:
     if rc != 0:
         raise RuntimeError(f"bare training process failed: {(ctx.tmp / 'bare.log').read_text()[-2000:]}")
     sets = ["--set", "epochs=1"] + (["--set", "image_size=[32,32]"] if ctx.quick else [])
-    cmd = [sys.executable, "-m", "kfold.cli", "train", "--data", str(ctx.real_data), "--oof", str(ctx.tmp / "oof-rss"),
+    cmd = [sys.executable, "-m", "kf", "train", "--data", str(ctx.real_data), "--oof", str(ctx.tmp / "oof-rss"),
            "--config", "configs/lite0.yaml", "--fold", "0", *sets, "--no-progress"]
     log = ctx.tmp / "kf-train.log"
     rss, wall, rc = peak_rss(cmd, log)

@@ -73,7 +73,7 @@ def measure(rows: int = 12_600, repeats: int = 7) -> list[tuple[str, list[float]
     """
     from click.testing import CliRunner
 
-    from kfold.cli import main as kf
+    from kf.cli import main as kf
     from submit import make_submission, read_info_ids, read_test_probs, write_submission
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,6 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = Path(os.environ.get("KF_BENCH_DATA", ROOT.parent / "shared" / "maskfaces"))
 
 
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository root with ``/`` separators (``../shared/maskfaces``).
+
+    What docs/benchmarks.md records, so the doc names no folder of the machine
+    that ran the benchmarks.
+    """
+    return Path(os.path.relpath(Path(path).resolve(), ROOT)).as_posix()
+
+
 @dataclass
 class Stat:
     """Repeated measurements of one quantity."""

@@ -21,7 +21,7 @@ import time
 import traceback
 from pathlib import Path
 
-from common import REAL_DATA, ROOT, Context, Row
+from common import REAL_DATA, ROOT, Context, Row, repo_relative
 
 BENCHES = ("feeding", "train_loop", "tta", "ensemble", "submit", "memory", "cpu")
 START, END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
@@ -79,7 +79,7 @@ def report(rows: list[Row], ctx: Context, started: str, load_start: str, load_en
         f"- repeats: {ctx.repeats} (interleaved with the reference); cells: median (min–max)",
         f"- at start: {load_start}",
         f"- at end: {load_end}",
-        f"- real set: {ctx.real_data if ctx.real_data else 'not found'}",
+        f"- real set: {repo_relative(ctx.real_data) if ctx.real_data else 'not found'}",
     ]
     lines += [f"- {k}: {v}" for k, v in ctx.settings.items()]
     lines += ["- time per benchmark: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())]

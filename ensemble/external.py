@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 import kfold
-from kfold.eda import class_labels
+from kfold.labels import class_labels
 from kfold.folds import FOLDS_CSV, FOLDS_JSON, load_folds
 from kfold.io import KfError, atomic_write, check_writable, read_csv, read_json, write_csv, write_json
 from kfold.labels import DEFAULT_AGE_CUTS, N_CLASSES, decode

@@ -23,9 +23,22 @@ import numpy as np
 from .images import DECODER_VERSION, load_image
 from .io import KfError, crash_point, os_error, remove_stale_temporaries, temporary_path
 
-__all__ = ["build_cache", "cache_key", "load_image", "remove_stale_temporaries"]
+__all__ = ["build_cache", "cache_key", "limit_opencv_threads", "load_image", "remove_stale_temporaries"]
 
-cv2.setNumThreads(1)
+
+def limit_opencv_threads() -> int:
+    """Run OpenCV single-threaded (``cv2.setNumThreads(1)``, process-wide); returns the previous thread count.
+
+    Images are decoded and resized in parallel by joblib threads here and
+    augmented by DataLoader workers or beside torch's threads in training;
+    OpenCV's own thread pool on top of those only oversubscribes the cores.
+    Called by :func:`build_cache`, which every training and prediction run
+    calls before its first image (and before DataLoader workers start), never
+    at import.
+    """
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    return before
 
 
 def _load_chunk(paths: Sequence[str], size: tuple[int, int], failed: threading.Event) -> np.ndarray | KfError | None:
@@ -69,7 +82,8 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
         paths: image files, in the order of the returned rows.
         size: ``(height, width)`` in pixels.
         cache_dir: folder for the ``.npy`` files (created if needed).
-        n_jobs: joblib workers for decoding (-1: all cores).
+        n_jobs: joblib workers for decoding (-1: all cores). OpenCV itself runs single-threaded
+            from here on (:func:`limit_opencv_threads`).
 
     Returns:
         Read-only memory map, shape ``(len(paths), height, width, 3)``, uint8 RGB.
@@ -78,6 +92,7 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
         KfError: an image cannot be read (naming the file); the cache cannot be
             written (``<cache file>: cannot write: <cause>``).
     """
+    limit_opencv_threads()
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(cache_dir)

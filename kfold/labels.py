@@ -62,4 +62,26 @@ def age_band(age: np.ndarray | float, cuts: Sequence[float] = DEFAULT_AGE_CUTS) 
 
 def class_names() -> list[str]:
     """Readable names of the 18 classes, e.g. ``'wear/female/30-59'`` for class 4."""
-    return [f"{MASK_NAMES[c // 6]}/{GENDER_NAMES[(c // 3) % 2]}/{AGE_NAMES[c % 3]}" for c in range(N_CLASSES)]
+    return class_labels(DEFAULT_AGE_CUTS)
+
+
+def band_names(cuts: Sequence[float] = DEFAULT_AGE_CUTS) -> tuple[str, str, str]:
+    """Readable age-band names for ``cuts = (a, b)``: ``('<30', '30-59', '>=60')`` for (30, 60).
+
+    Raises:
+        ValueError: cuts are not two increasing numbers.
+    """
+    a, b = (float(c) for c in cuts)
+    if not a < b:
+        raise ValueError(f"age cuts must be two increasing numbers, got {tuple(cuts)}")
+    mid = f"{a:g}-{b - 1:g}" if a.is_integer() and b.is_integer() else f"{a:g}-<{b:g}"
+    return f"<{a:g}", mid, f">={b:g}"
+
+
+def class_labels(cuts: Sequence[float] = DEFAULT_AGE_CUTS) -> list[str]:
+    """The class names with the age bands of ``cuts``, e.g. ``'wear/female/30-57'`` for class 4 at (30, 58).
+
+    Equals :func:`class_names` for the default cuts.
+    """
+    ages = band_names(cuts)
+    return [f"{MASK_NAMES[c // 6]}/{GENDER_NAMES[(c // 3) % 2]}/{ages[c % 3]}" for c in range(N_CLASSES)]

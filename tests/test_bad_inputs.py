@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from kfold.cli import main
+from kf.cli import main
 from kfold.folds import folds_fingerprint
 from kfold.io import read_json, write_json
 
@@ -108,7 +108,7 @@ def invoke(*args: str):
 def run_kf(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "KF_CRASH_AT"}
     env["NO_ALBUMENTATIONS_UPDATE"] = "1"
-    return subprocess.run([sys.executable, "-m", "kfold.cli", *args], capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run([sys.executable, "-m", "kf", *args], capture_output=True, text=True, timeout=300, env=env)
 
 
 def write_fake_run(oof: Path, name: str, seed: int, ids: list[str]) -> None:
@@ -354,7 +354,7 @@ class Bad:
     edit: Callable[[WS], dict | None] | None
     message: str                 # regex for the whole stderr line; {name} = re.escape'd places and edit results
     code: int = 2
-    via: str = "cli"             # cli: CliRunner in this process; proc: a real `python -m kfold.cli` process
+    via: str = "cli"             # cli: CliRunner in this process; proc: a real `python -m kf` process
     writes: str = ""             # regex every NEW file (relative to the workspace) must match; "" = none allowed
     check: Callable[[WS], None] | None = None
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kfold.cli import COMMANDS, main
+from kf.cli import COMMANDS, main
 
 ALL_COMMANDS = ["make-data", "folds", "train", "combine", "ensemble", "predict", "import", "export", "submit", "eda", "report"]
 
@@ -21,7 +21,7 @@ def kf_argv() -> list[str]:
     script = Path(sys.executable).parent / "kf"
     if script.is_file():
         return [str(script)]
-    return [sys.executable, "-c", "from kfold.cli import main; main(prog_name='kf')"]
+    return [sys.executable, "-c", "from kf.cli import main; main(prog_name='kf')"]
 
 
 def run_kf(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -89,10 +89,11 @@ def test_kf_help_lists_every_command():
 
 
 def test_kf_help_imports_no_command_module():
-    code = ("import sys\nfrom kfold.cli import main\n"
+    code = ("import sys\nfrom kf.cli import main\n"
             "try:\n    main(['--help'], prog_name='kf')\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'timm', 'albumentations', 'ensemble', 'submit', 'sklearn')"
-            " or m in ('kfold.commands', 'kfold.train', 'kfold.report_cli', 'kfold.models')]\n"
+            "heavy = [m for m in sys.modules"
+            " if m.split('.')[0] in ('torch', 'timm', 'albumentations', 'ensemble', 'submit', 'reports', 'sklearn')"
+            " or m in ('kfold.commands', 'kfold.train', 'kfold.models')]\n"
             "print('HEAVY', sorted(heavy))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))

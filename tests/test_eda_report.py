@@ -14,12 +14,13 @@ from click.testing import CliRunner
 from PIL import Image
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
+from kf.cli import main
 from kfold import labels as L
-from kfold.cli import main
 from kfold.data import read_train
 from kfold.io import KfError
-from kfold.report import evaluate, read_oof, run_report, suspects_table, task_probs
 from kfold.synth import make_data
+from reports.evaluate import evaluate, read_oof, suspects_table, task_probs
+from reports.report import run_report
 
 PROB_COLS = [f"prob_{c}" for c in range(18)]
 TINY = ["model=test_efficientnet", "pretrained=none", "image_size=[32,32]", "epochs=1", "batch_size=16",

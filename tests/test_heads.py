@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from kfold import labels as L
 from kfold import metrics
 from kfold import train
-from kfold.cli import main
+from kf.cli import main
 from kfold.config import TrainConfig, validate
 from kfold.heads import (TASKS, TaskLoss, TaskModel, age_band_log_probs, build_task_loss, joint_from_marginals,
                          joint_log_probs, task_accuracy, task_marginals, training_targets)

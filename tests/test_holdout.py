@@ -13,7 +13,7 @@ from ensemble.pipeline import fit_method, score_table
 from ensemble.selection import bootstrap_macro_f1, choose
 from ensemble.synth import write_synthetic_runs
 from kfold import train
-from kfold.cli import main
+from kf.cli import main
 from kfold.train import PROB_COLS, load_data, train_runs
 
 from test_train import tiny_config

@@ -13,7 +13,7 @@ from ensemble import load_runs
 from ensemble.external import match_keys, parse_columns
 from ensemble.runs import PROB_COLS, write_probs_csv
 from ensemble.synth import synthetic_probs
-from kfold.cli import main
+from kf.cli import main
 from kfold.io import KfError, write_json
 
 K = 5

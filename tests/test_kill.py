@@ -41,7 +41,7 @@ def kf_train(data: Path, oof: Path, config: Path, crash_at: str | None = None) -
     # output to files, not pipes: a pipe would also wait for any process the killed one left behind
     oof.mkdir(parents=True, exist_ok=True)
     with open(oof / "stdout.txt", "w+") as out, open(oof / "stderr.txt", "w+") as err:
-        rc = subprocess.run([sys.executable, "-m", "kfold.cli", "train", "--data", str(data), "--oof", str(oof), "--k", "2",
+        rc = subprocess.run([sys.executable, "-m", "kf", "train", "--data", str(data), "--oof", str(oof), "--k", "2",
                              "--config", str(config), "--no-progress"], env=env, stdout=out, stderr=err, timeout=600).returncode
         out.seek(0)
         err.seek(0)

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
+from kf.cli import main
 from kfold import train
 from kfold.augment import Mixer, build_train_transform
-from kfold.cli import main
 from kfold.config import AUGMENT_DEFAULTS, load_config, parse_overrides
 from kfold.io import KfError, read_json
 from kfold.losses import SoftF1Loss, build_soft_loss

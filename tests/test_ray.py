@@ -23,7 +23,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from kfold.cli import main
+from kf.cli import main
 from kfold.config import load_config
 from kfold.executors import run_on_ray, task_resources
 from kfold.io import KfError
@@ -40,7 +40,7 @@ NO_RAY = "ray not imported"
 LOCAL_KF_TRAIN = f"""
 import sys
 from click.testing import CliRunner
-from kfold.cli import main
+from kf.cli import main
 assert CliRunner().invoke(main, ["train", "--help"]).exit_code == 0
 help_ok = "ray" not in sys.modules
 res = CliRunner().invoke(main, sys.argv[1:])

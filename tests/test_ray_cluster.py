@@ -91,7 +91,7 @@ def kf_train(data: Path, oof: Path, configs: list[Path], *extra: str, env: dict 
              wait: bool = True) -> subprocess.Popen | subprocess.CompletedProcess:
     """`kf train` in a fresh process, output to ``oof/../<oof name>.out``; the driver never sees KF_CRASH_*."""
     env = {**{k: v for k, v in os.environ.items() if k not in CRASH_VARS}, "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
-    args = [sys.executable, "-m", "kfold.cli", "train", "--data", str(data), "--oof", str(oof), "--k", str(K),
+    args = [sys.executable, "-m", "kf", "train", "--data", str(data), "--oof", str(oof), "--k", str(K),
             "--no-progress", *extra]
     for c in configs:
         args += ["--config", str(c)]

@@ -27,7 +27,7 @@ import pytest
 from click.testing import CliRunner
 
 from kfold import config as kconfig
-from kfold.cli import main
+from kf.cli import main
 from kfold.config import RULES, TrainConfig, load_config, parse_overrides
 from kfold.io import KfError, read_json
 
@@ -345,7 +345,7 @@ def test_force_offline_hub_weights_keep_the_old_run_and_the_error_says_what_work
     before = snapshot(oof)
     env = {k: v for k, v in os.environ.items() if k != "KF_CRASH_AT"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), NO_ALBUMENTATIONS_UPDATE="1")
-    r = subprocess.run([sys.executable, "-m", "kfold.cli", *train_args(small, oof, "pretrained=timm"), "--force"],
+    r = subprocess.run([sys.executable, "-m", "kf", *train_args(small, oof, "pretrained=timm"), "--force"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr

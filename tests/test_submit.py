@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import accuracy_score, f1_score
 
-from kfold.cli import main
+from kf.cli import main
 from kfold.io import KfError
 from kfold.labels import N_CLASSES
 from submit import (compare_answers, make_submission, read_info_ids, score, validate_submission,

@@ -27,8 +27,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from kf.cli import main
 from kfold import tracking
-from kfold.cli import main
 
 mlflow = pytest.importorskip("mlflow", reason="MLflow is not installed; pip install -e '.[track]' to test tracking")
 from mlflow import MlflowClient  # noqa: E402
@@ -229,7 +229,7 @@ def kf_train_process(data: Path, oof: Path, configs: list[Path], crash_at: str |
         env["KF_CRASH_AT"] = crash_at
     oof.mkdir(parents=True, exist_ok=True)
     with open(oof / "stdout.txt", "w+") as out, open(oof / "stderr.txt", "w+") as err:  # files: see test_kill
-        rc = subprocess.run([sys.executable, "-m", "kfold.cli", *train_args(data, oof, configs, "--track")],
+        rc = subprocess.run([sys.executable, "-m", "kf", *train_args(data, oof, configs, "--track")],
                             env=env, stdout=out, stderr=err, timeout=1800).returncode
         out.seek(0)
         err.seek(0)

@@ -12,8 +12,8 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from kf.cli import main
 from kfold import train
-from kfold.cli import main
 from kfold.config import load_config, parse_overrides
 from kfold.io import KfError
 from kfold.train import PROB_COLS, load_data, train_runs

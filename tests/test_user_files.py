@@ -23,7 +23,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from ensemble.synth import write_synthetic_runs
-from kfold.cli import main
+from kf.cli import main
 from kfold.images import DECODER_VERSION, image_info, is_image_name, load_image, to_rgb
 from kfold.io import KfError, atomic_write, remove_stale_temporaries, stage_lock, temporary_path
 from kfold.stagefiles import PROB_COLS
@@ -274,7 +274,7 @@ def _as_floats(path: Path, col: str, value=None, row: int | None = None) -> None
 def test_a_fold_column_written_as_floats_reads_as_integers_in_every_reader(synth, tmp_path):
     from ensemble.runs import load_runs
     from kfold.folds import load_folds
-    from kfold.report import read_oof
+    from reports.evaluate import read_oof
 
     want = load_runs(synth, ["run0", "run1"])
     res = invoke("ensemble", "--oof", synth, "--method", "soft")
@@ -297,7 +297,7 @@ def test_a_fold_column_written_as_floats_reads_as_integers_in_every_reader(synth
 
 
 def test_a_real_fractional_fold_is_refused_by_every_reader_with_the_same_line(synth):
-    from kfold.report import read_oof
+    from reports.evaluate import read_oof
 
     _as_floats(synth / "run0" / "oof.csv", "fold", 1.5, row=3)
     want = f"{synth / 'run0' / 'oof.csv'}: row 5: fold 1.5 is not a fold number (a whole number >= 0)"

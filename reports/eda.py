@@ -10,14 +10,12 @@ Written to ``--out`` (see ``docs/reports.md``): one CSV per table, two PNGs
 (``class_distribution.png``, ``age_histogram.png``) and ``index.html``, a
 self-contained page with the plots embedded.
 
-The figure and HTML helpers at the bottom (:func:`save_png`,
-:func:`html_page`) are shared with :mod:`kfold.report`.
+The plots are drawn by :mod:`reports.plots`, the page by :mod:`reports.page`
+(both shared with :mod:`reports.report`).
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -25,8 +23,12 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from . import labels as L
-from .io import KfError, atomic_write, write_csv
+from kfold import labels as L
+from kfold.io import KfError, atomic_write, write_csv
+from kfold.labels import band_names, class_labels
+
+from .page import html_page, png_tag, save_png, table_html
+from .plots import plot_age_histogram, plot_class_distribution
 
 #: kind of each junk entry, by name
 JUNK_KINDS = (("._", "macOS resource fork (._*)"), (".ipynb_checkpoints", "Jupyter checkpoint folder"),
@@ -38,31 +40,6 @@ TABLE_FILES = {
     "extensions": "extensions.csv", "image_sizes": "image_sizes.csv", "junk": "junk.csv",
     "corrections": "corrections.csv",
 }
-MASK_COLOURS = ("#4c72b0", "#dd8452", "#c44e52")  # wear, incorrect, not wear
-
-
-# --------------------------------------------------------------------------- names
-
-def band_names(cuts: Sequence[float] = L.DEFAULT_AGE_CUTS) -> tuple[str, str, str]:
-    """Readable age-band names for ``cuts = (a, b)``: ``('<30', '30-59', '>=60')`` for (30, 60).
-
-    Raises:
-        ValueError: cuts are not two increasing numbers.
-    """
-    a, b = (float(c) for c in cuts)
-    if not a < b:
-        raise ValueError(f"age cuts must be two increasing numbers, got {tuple(cuts)}")
-    mid = f"{a:g}-{b - 1:g}" if a.is_integer() and b.is_integer() else f"{a:g}-<{b:g}"
-    return f"<{a:g}", mid, f">={b:g}"
-
-
-def class_labels(cuts: Sequence[float] = L.DEFAULT_AGE_CUTS) -> list[str]:
-    """The 18 class names with the age bands of ``cuts``, e.g. ``'wear/female/30-57'`` for class 4 at (30, 58).
-
-    Equals :func:`kfold.labels.class_names` for the default cuts.
-    """
-    ages = band_names(cuts)
-    return [f"{L.MASK_NAMES[c // 6]}/{L.GENDER_NAMES[(c // 3) % 2]}/{ages[c % 3]}" for c in range(L.N_CLASSES)]
 
 
 # --------------------------------------------------------------------------- tables
@@ -144,7 +121,7 @@ def image_files(root: str | Path, images: pd.DataFrame, eval_images: pd.DataFram
         cannot read the header), ``problem`` (None, or why kf will refuse the
         file: unreadable header, or a mode without an agreed range such as ``F``).
     """
-    from .images import image_info
+    from kfold.images import image_info
 
     root = Path(root)
     rows = []
@@ -166,7 +143,7 @@ def correction_rows(root: str | Path, corrections: str | Path | None, age_cuts: 
     Raises:
         KfError: see :func:`kfold.data.read_corrections`.
     """
-    from .data import read_corrections, read_people
+    from kfold.data import read_corrections, read_people
 
     cols = ["path", "field", "old", "new", "changed"]
     if corrections is None:
@@ -217,7 +194,7 @@ def eda_tables(root: str | Path, age_cuts: Sequence[float] = L.DEFAULT_AGE_CUTS,
         KfError: the folder is missing or unreadable (see :func:`kfold.data.read_train`,
             :func:`kfold.data.read_eval`, :func:`kfold.data.read_corrections`).
     """
-    from .data import read_eval, read_people, read_train
+    from kfold.data import read_eval, read_people, read_train
 
     root = Path(root)
     age_cuts = (float(age_cuts[0]), float(age_cuts[1]))
@@ -290,121 +267,6 @@ def eda_tables(root: str | Path, age_cuts: Sequence[float] = L.DEFAULT_AGE_CUTS,
     return EdaResult(tables=t, people=people, images=images, age_cuts=age_cuts, notes=notes)
 
 
-# --------------------------------------------------------------------------- plots
-
-def save_png(fig, path: str | Path | None = None, dpi: int = 110) -> bytes:
-    """Render a matplotlib ``Figure`` to PNG bytes and, when ``path`` is given, write them atomically.
-
-    Uses ``Figure.savefig`` (Agg), never pyplot, so no display or global state is involved.
-
-    Returns:
-        The PNG bytes.
-
-    Raises:
-        KfError: ``path``'s folder is missing (see :func:`kfold.io.atomic_write`).
-    """
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight", facecolor="white")
-    data = buf.getvalue()
-    if path is not None:
-        with atomic_write(path, "wb") as fh:
-            fh.write(data)
-    return data
-
-
-def plot_class_distribution(classes: pd.DataFrame):
-    """Horizontal bars: images per class (18 rows, class names on the axis), coloured by mask state.
-
-    Args:
-        classes: the ``classes`` table of :func:`eda_tables`.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    fig = Figure(figsize=(8, 6.5))
-    ax = fig.subplots()
-    y = np.arange(len(classes))[::-1]
-    mask_code = [c // 6 for c in classes["class"]]
-    bars = ax.barh(y, classes["images"], color=[MASK_COLOURS[m] for m in mask_code])
-    ax.set_yticks(y, [f"{c:2d} {n}" for c, n in zip(classes["class"], classes["name"])], fontsize=8, family="monospace")
-    for b, n, pct in zip(bars, classes["images"], classes["images_pct"]):
-        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {n} ({pct:.1f}%)", va="center", fontsize=7)
-    ax.set_xlabel("train images")
-    ax.set_xlim(0, max(1, classes["images"].max()) * 1.2)
-    ax.set_title(f"Images per class ({int(classes['images'].sum())} images)")
-    ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(MASK_COLOURS, L.MASK_NAMES)], title="mask", loc="lower right", fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    return fig
-
-
-def plot_age_histogram(people: pd.DataFrame, age_cuts: Sequence[float]):
-    """People per year of age, with the band cut-offs as labelled vertical lines and the band sizes.
-
-    Args:
-        people: :attr:`EdaResult.people` (columns ``age``, ``gender``).
-        age_cuts: ``(a, b)``.
-
-    Returns:
-        A matplotlib ``Figure``.
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(9, 4.5))
-    ax = fig.subplots()
-    age = people["age"].to_numpy(float)
-    lo, hi = int(np.floor(age.min())), int(np.floor(age.max())) + 1
-    bins = np.arange(lo, hi + 1)
-    by_gender = [age[people["gender"].to_numpy() == g] for g in range(2)]
-    ax.hist(by_gender, bins=bins, stacked=True, label=list(L.GENDER_NAMES), color=["#4c72b0", "#dd8452"], edgecolor="white", linewidth=0.3)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("age (years, one bar per year)")
-    ax.set_ylabel("people")
-    names = band_names(age_cuts)
-    band = L.age_band(age, age_cuts)
-    ymax = ax.get_ylim()[1]
-    ax.set_ylim(0, ymax * 1.18)
-    for cut in age_cuts:
-        ax.axvline(cut, color="black", linestyle="--", linewidth=1.2)
-        ax.text(cut, ymax * 1.12, f" cut {cut:g}", ha="left", va="top", fontsize=9)
-    edges = [lo, *age_cuts, hi]
-    for i in range(3):
-        mid = (max(edges[i], lo) + min(edges[i + 1], hi)) / 2
-        n = int((band == i).sum())
-        ax.text(mid, ymax * 1.02, f"{names[i]}: {n} ({100 * n / len(age):.0f}%)", ha="center", va="bottom", fontsize=9,
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"})
-    ax.set_title(f"Age of the {len(age)} people, age bands {', '.join(names)}")
-    ax.legend(loc="upper right", bbox_to_anchor=(1.0, 0.86), fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    return fig
-
-
-# --------------------------------------------------------------------------- HTML
-
-def png_tag(png: bytes, alt: str) -> str:
-    """An ``<img>`` with the PNG embedded as base64."""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-
-
-def table_html(df: pd.DataFrame, float_digits: int = 4) -> str:
-    """A DataFrame as an HTML table (no index, floats rounded)."""
-    return df.to_html(index=False, border=0, classes="t", float_format=lambda v: f"{v:.{float_digits}f}", na_rep="")
-
-
-CSS = ("body{font-family:sans-serif;margin:1.5em;max-width:1400px}h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}"
-       "table.t{border-collapse:collapse;font-size:12px;margin:.5em 0}table.t th,table.t td{padding:2px 8px;border-bottom:1px solid #eee;"
-       "text-align:right}table.t th{background:#f4f4f4}img{max-width:100%;margin:.5em 0;display:block}pre{background:#f8f8f8;padding:.5em}")
-
-
-def html_page(title: str, body: Iterable[str]) -> str:
-    """A self-contained HTML page (inline CSS, images as data URIs) from HTML fragments."""
-    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
 # --------------------------------------------------------------------------- write
 
 def format_summary(result: EdaResult) -> str:
@@ -431,7 +293,8 @@ def format_summary(result: EdaResult) -> str:
     lines.append("image sizes: " + ", ".join(f"{r.split} {r.width}x{r.height} {r.mode} {r.files}" for r in sz.head(6).itertuples())
                  + (f", ... ({len(sz)} kinds)" if len(sz) > 6 else ""))
     junk = t["junk"]
-    lines.append(f"junk: {len(junk)} entries" + (" (" + ", ".join(f"{k} {n}" for k, n in junk["kind"].value_counts().items()) + ")" if len(junk) else ""))
+    kinds = ", ".join(f"{k} {n}" for k, n in junk["kind"].value_counts().items())
+    lines.append(f"junk: {len(junk)} entries" + (f" ({kinds})" if len(junk) else ""))
     corr = t["corrections"]
     lines.append(f"label corrections: {ov['label corrections applied']} applied"
                  + (f" ({int(corr['changed'].sum())} of {len(corr)} rows change a value)" if len(corr) else ""))

@@ -17,7 +17,7 @@ import sys
 
 import click
 
-from .io import KfError
+from kfold.io import KfError
 
 COMMANDS = {
     "make-data": ("kfold.commands", "make_data_cmd"),
@@ -29,8 +29,8 @@ COMMANDS = {
     "import": ("ensemble.cli", "import_cmd"),
     "export": ("ensemble.cli", "export_cmd"),
     "submit": ("submit.cli", "submit_cmd"),
-    "eda": ("kfold.report_cli", "eda_cmd"),
-    "report": ("kfold.report_cli", "report_cmd"),
+    "eda": ("reports.cli", "eda_cmd"),
+    "report": ("reports.cli", "report_cmd"),
 }
 HELP = {
     "make-data": "Write a synthetic data set in the competition layout.",

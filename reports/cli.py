@@ -1,11 +1,11 @@
-"""click commands ``kf eda`` and ``kf report``: thin wrappers over :mod:`kfold.eda` and :mod:`kfold.report`."""
+"""click commands ``kf eda`` and ``kf report``: thin wrappers over :mod:`reports.eda` and :mod:`reports.report`."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
 
-from .options import data_option, oof_option, parse_age_cuts
+from kfold.options import data_option, oof_option, parse_age_cuts
 
 
 def _label_options(f):
