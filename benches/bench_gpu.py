@@ -63,7 +63,7 @@ def run(ctx: Context, device_name: str, size: int, batch_size: int) -> list[Row]
     import torch
 
     from kfold.augment import to_model_input
-    from kfold.train import amp_dtype, resolve_workers
+    from kfold.device import amp_dtype, resolve_workers
 
     device = torch.device(device_name)
     n_train = 2 * batch_size if ctx.quick else 32 * batch_size

@@ -179,7 +179,7 @@ def standalone(run: Callable[[Context], list[Row]]) -> None:
 
 def fold_trainer(cfg, images: np.ndarray, labels: np.ndarray, n_val: int, test_images: np.ndarray, run_dir: Path,
                  workers: int, device: str = "cpu"):
-    """A :class:`kfold.train.FoldTrainer` for fold 0 of ``images``: the last ``n_val`` rows validate, the rest train.
+    """A :class:`kfold.fold.FoldTrainer` for fold 0 of ``images``: the last ``n_val`` rows validate, the rest train.
 
     Built the way ``kf train`` builds it (same config, cache-backed data, on
     ``device``), without folds.csv or a run folder around it.
@@ -187,7 +187,8 @@ def fold_trainer(cfg, images: np.ndarray, labels: np.ndarray, n_val: int, test_i
     import pandas as pd
     import torch
 
-    from kfold.train import DataBundle, FoldTrainer
+    from kfold.data import DataBundle
+    from kfold.fold import FoldTrainer
 
     n = len(images)
     folds = pd.DataFrame({"image": [f"img{i}" for i in range(n)], "person": [f"p{i // 7}" for i in range(n)],

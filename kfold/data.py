@@ -254,3 +254,40 @@ def read_eval(root: str | Path) -> pd.DataFrame:
         if not is_image_name(name):
             raise KfError(f"{csv}: {_row(i)}: ImageID {name!r} is not an image kf reads (an image must be {extensions_text()})")
     return pd.DataFrame({"ImageID": ids.to_numpy(), "image": [f"eval/images/{n}" for n in ids]})
+
+
+@dataclass
+class DataBundle:
+    """What every run of one ``kf train`` call shares: data root, folds and test rows."""
+
+    root: Path
+    folds: pd.DataFrame       # image, person, label, fold (folds.csv order)
+    folds_meta: dict          # folds.json
+    test: pd.DataFrame        # ImageID, image (info.csv order)
+    data_settings: dict       # root, age_cuts, corrections
+    holdout: pd.DataFrame | None = None  # image, person, label (holdout.csv order); None or empty: no holdout
+    ages: np.ndarray | None = None  # age in years per folds row (train_age_cuts, age_head: years)
+
+    @property
+    def has_holdout(self) -> bool:
+        return self.holdout is not None and len(self.holdout) > 0
+
+
+def load_data(root: str | Path, oof_dir: str | Path, age_cuts=(30, 60), corrections=None, k: int = 5,
+              seed: int = 42, force_folds: bool = False, holdout: float = 0.0) -> DataBundle:
+    """Read the competition folder and ensure ``folds.csv`` (and ``holdout.csv``): what :func:`kfold.train.train_runs` needs.
+
+    ``holdout``: share of the people withheld from every fold (see :func:`kfold.folds.ensure_folds`).
+
+    Raises:
+        KfError: see :func:`read_train`, :func:`read_eval`, :func:`kfold.folds.ensure_folds`.
+    """
+    from .folds import ensure_folds, load_holdout  # sklearn: only when folds are made
+
+    images, _ = read_train(root, age_cuts, corrections)
+    test = read_eval(root)
+    folds, meta, _ = ensure_folds(images, oof_dir, k, seed, force=force_folds, holdout=holdout)
+    settings = {"root": str(Path(root).resolve()), "age_cuts": [float(a) for a in age_cuts],
+                "corrections": str(Path(corrections).resolve()) if corrections else None}
+    ages = images.set_index("image")["age"].reindex(folds["image"]).to_numpy(np.float32)
+    return DataBundle(Path(root), folds, meta, test, settings, load_holdout(oof_dir, meta), ages)

@@ -227,7 +227,7 @@ def training_targets(cfg, labels: np.ndarray, ages: np.ndarray | None, data_cuts
         return np.asarray(labels, dtype=np.int64)
     if ages is None:
         raise KfError("train_age_cuts / age_head: years need the ages in years of the training images "
-                      "(load the data with kfold.train.load_data)")
+                      "(load the data with kfold.data.load_data)")
     m, g, _ = L.decode(np.asarray(labels))
     y = L.encode(m, g, L.age_band(ages, cuts)).astype(np.int64)
     return np.stack([y, ages], axis=1).astype(np.float32) if needs_ages else y
@@ -367,7 +367,7 @@ def combine_task_runs(runs: dict[str, str | Path], out_dir: str | Path) -> dict:
 
     from .io import read_json, write_csv, write_json
     from .metrics import macro_f1
-    from .train import _probs_frame
+    from .probs import probs_frame
 
     if sorted(runs) != sorted(TASKS):
         raise KfError(f"combine: give one run per task ({', '.join(TASKS)}), got {', '.join(sorted(runs)) or 'none'}")
@@ -385,8 +385,8 @@ def combine_task_runs(runs: dict[str, str | Path], out_dir: str | Path) -> dict:
     y = rs.y
     keys = rs.keys[["image", "person", "fold", "label"]]
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(_probs_frame(keys, oof.astype(np.float32)), out_dir / "oof.csv")
-    write_csv(_probs_frame(pd.DataFrame({"ImageID": rs.test_ids}), test.astype(np.float32)), out_dir / "test.csv")
+    write_csv(probs_frame(keys, oof.astype(np.float32)), out_dir / "oof.csv")
+    write_csv(probs_frame(pd.DataFrame({"ImageID": rs.test_ids}), test.astype(np.float32)), out_dir / "test.csv")
     meta = {"name": out_dir.name, "kind": "run", "combined_from": {t: d.name for t, d in zip(TASKS, dirs)},
             "folds_fingerprint": rs.folds_fingerprint, "k": rs.k, "tta": {t: m.get("tta") for t, m in zip(TASKS, metas)},
             "data": metas[0].get("data"), "folds": {},

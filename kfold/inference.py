@@ -15,11 +15,11 @@ import torch
 
 from .cache import build_cache
 from .config import TrainConfig, validate
+from .device import amp_dtype, configure_torch, resolve_device, use_channels_last
 from .images import extensions_text, list_images, load_image
 from .io import KfError, read_json, write_csv, write_json
-from .stagefiles import read_oof_csv, read_test_csv
+from .stagefiles import PROB_COLS, read_oof_csv, read_test_csv
 from .metrics import macro_f1
-from .train import PROB_COLS, amp_dtype, configure_torch, resolve_device, use_channels_last
 
 
 def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:

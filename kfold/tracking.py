@@ -42,20 +42,20 @@ import getpass
 import hashlib
 import logging
 import os
-import subprocess
-import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from .config import RUNTIME_KEYS
 from .io import KfError, read_json
+from .tracking_client import (absolute_uri, experiment_id, experiment_name, flatten, git_commit, log_batch,
+                              mlflow_client, quote, run_key, search_first, strings)
 
 log = logging.getLogger(__name__)
 
 EXTRA = "pip install -e '.[track]'"
-DEFAULT_EXPERIMENT = "kf"
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                  "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 # log.csv column -> fold child's step metric
@@ -121,25 +121,12 @@ def ray_init_kwargs(cfgs: list) -> dict:
         return {}
     import mlflow
 
-    env = {"MLFLOW_TRACKING_URI": _absolute_uri(mlflow.get_tracking_uri()), "MLFLOW_EXPERIMENT_NAME": _experiment_name()}
+    env = {"MLFLOW_TRACKING_URI": absolute_uri(mlflow.get_tracking_uri()), "MLFLOW_EXPERIMENT_NAME": experiment_name()}
     env.update({k: os.environ[k] for k in HTTP_DEFAULTS if k in os.environ})
     return {"runtime_env": {"env_vars": env}}
 
 
-# -- plumbing ------------------------------------------------------------------------------------------------------
-def _absolute_uri(uri: str) -> str:
-    """``sqlite:///mlflow.db`` (MLflow's local default, relative to the working folder) -> an absolute path."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
-    if "://" not in uri:
-        return str(Path(uri).resolve())
-    return uri
-
-
-def _experiment_name() -> str:
-    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-
-
+# -- the guard --------------------------------------------------------------------------------------------------------
 def _safe(hook: Callable) -> Callable:
     """Run ``hook`` unless tracking is off; turn its first failure into one warning and tracking off."""
     @functools.wraps(hook)
@@ -172,110 +159,33 @@ def _safe(hook: Callable) -> Callable:
     return wrapper
 
 
-def _client():
-    from mlflow import MlflowClient
-
-    return MlflowClient()
-
-
-def _experiment_id(client) -> str:
-    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-    if exp_id:
-        return exp_id
-    name = _experiment_name()
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:  # another process created it in between
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
-def _search(client, exp_id: str, filt: str, newest: bool = False):
-    runs = client.search_runs([exp_id], filt, max_results=1,
-                              order_by=[f"attributes.start_time {'DESC' if newest else 'ASC'}"])
-    return runs[0] if runs else None
-
-
-def _quote(value: str) -> str:
-    return "'" + str(value).replace("'", "\\'") + "'"
-
-
-def run_key(run_dir: str | Path) -> str:
-    """The tag ``kf.run_key`` of a run folder: a hash of its absolute path and its config.yaml's mtime (ns)."""
-    run_dir = Path(run_dir).resolve()
-    mark = (run_dir / "config.yaml").stat().st_mtime_ns if (run_dir / "config.yaml").exists() else 0
-    return hashlib.sha1(f"{run_dir}\0{mark}".encode()).hexdigest()[:24]
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)[:6000]
-    return out
-
-
-def _strings(d: dict) -> dict:
-    """Tag values as strings (the REST API refuses anything else)."""
-    return {k: str(v) for k, v in d.items()}
-
-
-def _log(client, run_id: str, metrics: dict | None = None, params: dict | None = None, tags: dict | None = None,
-         step: int = 0) -> None:
-    """One ``log_batch`` request (MLflow accepts up to 1000 metrics, 100 params and 100 tags per request)."""
-    from mlflow.entities import Metric, Param, RunTag
-
-    ts = int(time.time() * 1000)
-    ms = [Metric(k, float(v), ts, step) for k, v in (metrics or {}).items() if v is not None and np.isfinite(float(v))]
-    ps = [Param(k, v) for k, v in (params or {}).items()]
-    ts_ = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-    for i in range(0, max(len(ps), 1), 100):
-        client.log_batch(run_id, metrics=ms if i == 0 else [], params=ps[i:i + 100], tags=ts_ if i == 0 else [])
-
-
-# -- training hooks (kfold.train) ------------------------------------------------------------------------------------
+# -- training hooks (kfold.train, kfold.fold) ----------------------------------------------------------------------
 def _parent(client, cfg, run_dir: Path, data=None) -> str:
     """The parent run id of ``run_dir``: found by ``kf.run_key``, else created (params logged once, at creation)."""
     key = run_key(run_dir)
     cache = (client.tracking_uri, key)
     if cache in _ids:
         return _ids[cache]
-    exp_id = _experiment_id(client)
-    run = _search(client, exp_id, f"tags.`kf.run_key` = {_quote(key)}")
+    exp_id = experiment_id(client)
+    run = search_first(client, exp_id, f"tags.`kf.run_key` = {quote(key)}")
     if run is None:
         from . import __version__
-        from .train import RUNTIME_KEYS, versions
+        from .device import versions  # torch: only when a parent run is created
 
         meta = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
         tags = {"kf.run_key": key, "kf.kind": "run", "kf.run_dir": str(run_dir.resolve()), "kf.run_name": cfg.name,
                 "kf.folds_fingerprint": meta.get("folds_fingerprint", ""), "kf.k": meta.get("k", ""),
                 "mlflow.user": getpass.getuser(), "mlflow.source.name": "kf train", "kf.version": __version__}
         tags.update({f"kf.version.{k}": v for k, v in versions().items()})
-        commit = _git_commit()
+        commit = git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        run = client.create_run(exp_id, run_name=cfg.name, tags=_strings(tags))
+        run = client.create_run(exp_id, run_name=cfg.name, tags=strings(tags))
         cfg_d = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_KEYS and k != "track"}
-        params = _flatten(cfg_d)
-        params.update(_flatten({"data": meta.get("data", {})}))
+        params = flatten(cfg_d)
+        params.update(flatten({"data": meta.get("data", {})}))
         params["k"] = str(meta.get("k", ""))
-        _log(client, run.info.run_id, params=params)
+        log_batch(client, run.info.run_id, params=params)
         if (run_dir / "config.yaml").exists():
             client.log_artifact(run.info.run_id, str(run_dir / "config.yaml"))
     _ids[cache] = run.info.run_id
@@ -287,11 +197,9 @@ def run_started(cfg, run_dir: str | Path) -> None:
     """Hook after ``prepare_run``: find or create the parent run; record this call's runtime settings as tags."""
     if not cfg.track:
         return
-    from .train import RUNTIME_KEYS
-
-    client = _client()
+    client = mlflow_client()
     run_id = _parent(client, cfg, Path(run_dir))
-    _log(client, run_id, tags={f"kf.runtime.{k}": getattr(cfg, k) for k in RUNTIME_KEYS})
+    log_batch(client, run_id, tags={f"kf.runtime.{k}": getattr(cfg, k) for k in RUNTIME_KEYS})
 
 
 def _fold_run(client, cfg, fold_dir: Path):
@@ -303,9 +211,9 @@ def _fold_run(client, cfg, fold_dir: Path):
         return _ids[cache], None
     parent = _parent(client, cfg, run_dir)
     exp_id = client.get_run(parent).info.experiment_id
-    run = _search(client, exp_id, f"tags.`kf.parent_key` = {_quote(key)} and tags.`kf.fold` = '{fold}'")
+    run = search_first(client, exp_id, f"tags.`kf.parent_key` = {quote(key)} and tags.`kf.fold` = '{fold}'")
     if run is None:
-        run = client.create_run(exp_id, run_name=f"{cfg.name}/fold{fold}", tags=_strings({
+        run = client.create_run(exp_id, run_name=f"{cfg.name}/fold{fold}", tags=strings({
             "mlflow.parentRunId": parent, "kf.parent_key": key, "kf.fold": str(fold), "kf.kind": "fold",
             "kf.run_name": cfg.name, "mlflow.user": getpass.getuser(), "mlflow.source.name": "kf train"}))
     _ids[cache] = run.info.run_id
@@ -322,9 +230,9 @@ def log_epoch(cfg, fold_dir: str | Path, row: dict) -> None:
     """
     if not cfg.track:
         return
-    client = _client()
+    client = mlflow_client()
     run_id, _ = _fold_run(client, cfg, Path(fold_dir))
-    _log(client, run_id, metrics={EPOCH_METRICS[k]: row[k] for k in EPOCH_METRICS if k in row}, step=int(row["epoch"]))
+    log_batch(client, run_id, metrics={EPOCH_METRICS[k]: row[k] for k in EPOCH_METRICS if k in row}, step=int(row["epoch"]))
 
 
 @_safe
@@ -334,7 +242,7 @@ def fold_done(cfg, run_dir: str | Path, fold: int, result: dict) -> None:
     mark the child FINISHED. A child already FINISHED is left as is."""
     if not cfg.track:
         return
-    client = _client()
+    client = mlflow_client()
     fold_dir = Path(run_dir) / f"fold{fold}"
     run_id, run = _fold_run(client, cfg, fold_dir)
     run = run or client.get_run(run_id)
@@ -344,9 +252,9 @@ def fold_done(cfg, run_dir: str | Path, fold: int, result: dict) -> None:
     if (fold_dir / "log.csv").exists():
         for row in pd.read_csv(fold_dir / "log.csv").to_dict("records"):
             if int(row["epoch"]) not in logged:
-                _log(client, run_id, metrics={EPOCH_METRICS[k]: row[k] for k in EPOCH_METRICS if k in row},
+                log_batch(client, run_id, metrics={EPOCH_METRICS[k]: row[k] for k in EPOCH_METRICS if k in row},
                      step=int(row["epoch"]))
-    _log(client, run_id, metrics={"oof_macro_f1": result.get("macro_f1"), "macro_f1_no_tta": result.get("macro_f1_no_tta"),
+    log_batch(client, run_id, metrics={"oof_macro_f1": result.get("macro_f1"), "macro_f1_no_tta": result.get("macro_f1_no_tta"),
                                   "best_epoch": result.get("best_epoch"), "epochs_run": result.get("epochs_run"),
                                   "seconds": result.get("seconds")},
          tags={"kf.best_epoch": result.get("best_epoch")})
@@ -359,7 +267,7 @@ def fold_done(cfg, run_dir: str | Path, fold: int, result: dict) -> None:
 def task_accuracy(oof: pd.DataFrame) -> dict:
     """Per-task accuracy of a run's ``oof.csv`` (argmax of ``prob_0..17``): ``{mask_accuracy, gender_accuracy, age_accuracy}``."""
     from .labels import decode
-    from .train import PROB_COLS
+    from .stagefiles import PROB_COLS
 
     pred = decode(oof[PROB_COLS].to_numpy().argmax(1))
     true = decode(oof["label"].to_numpy())
@@ -372,11 +280,11 @@ def run_finished(cfg, run_dir: str | Path, meta: dict) -> None:
     per-task accuracy as metrics and the parent marked FINISHED (once: a rerun of a finished run logs nothing new)."""
     if not cfg.track:
         return
-    client = _client()
+    client = mlflow_client()
     run_dir = Path(run_dir)
     run_id = _parent(client, cfg, run_dir)
     run = client.get_run(run_id)
-    _log(client, run_id, tags={"kf.folds_done": ",".join(sorted(meta.get("folds", {}), key=int)),
+    log_batch(client, run_id, tags={"kf.folds_done": ",".join(sorted(meta.get("folds", {}), key=int)),
                                "kf.finished": str(bool(meta.get("finished"))).lower()})
     if not meta.get("finished"):
         client.log_artifact(run_id, str(run_dir / "run.json"))
@@ -385,7 +293,7 @@ def run_finished(cfg, run_dir: str | Path, meta: dict) -> None:
         return
     metrics = {"oof_macro_f1": meta["oof_macro_f1"], "oof_accuracy": meta["oof_accuracy"], "seconds": meta["seconds"]}
     metrics.update(task_accuracy(pd.read_csv(run_dir / "oof.csv")))
-    _log(client, run_id, metrics=metrics)
+    log_batch(client, run_id, metrics=metrics)
     client.log_artifact(run_id, str(run_dir / "run.json"))
     client.set_terminated(run_id, "FINISHED")
 
@@ -396,10 +304,10 @@ def _linked_run(client, exp_id: str, folder: Path) -> str | None:
     that wrote ``<oof>/ensemble/<name>``; None when untracked."""
     folder = folder.resolve()
     if folder.parent.name == "ensemble":
-        run = _search(client, exp_id, f"tags.`kf.oof` = {_quote(folder.parent.parent)} and "
-                                      f"tags.`kf.outputs` LIKE {_quote('%,' + folder.name + ',%')}", newest=True)
+        run = search_first(client, exp_id, f"tags.`kf.oof` = {quote(folder.parent.parent)} and "
+                                      f"tags.`kf.outputs` LIKE {quote('%,' + folder.name + ',%')}", newest=True)
     else:
-        run = _search(client, exp_id, f"tags.`kf.run_dir` = {_quote(folder)}", newest=True)
+        run = search_first(client, exp_id, f"tags.`kf.run_dir` = {quote(folder)}", newest=True)
         if run is None and (folder / "run.json").exists():  # a re-predicted copy (<run>@<tta>) links to its source
             src = read_json(folder / "run.json").get("source_run")
             if src and src != folder.name:
@@ -416,8 +324,8 @@ def log_ensemble(oof_dir: str | Path, report, label: str, method: str, bias: boo
         report: :class:`ensemble.pipeline.EnsembleReport`.
         label: the scores table's label (``<label>_scores.csv``).
     """
-    client = _client()
-    exp_id = _experiment_id(client)
+    client = mlflow_client()
+    exp_id = experiment_id(client)
     oof_dir = Path(oof_dir).resolve()
     table = report.table
     best = table.loc[table["nested_macro_f1"].idxmax()]
@@ -430,9 +338,9 @@ def log_ensemble(oof_dir: str | Path, report, label: str, method: str, bias: boo
         linked = _linked_run(client, exp_id, oof_dir / n)
         if linked:
             tags[f"kf.member.{n}"] = linked
-    run = client.create_run(exp_id, run_name=f"ensemble/{label}", tags=_strings(tags))
+    run = client.create_run(exp_id, run_name=f"ensemble/{label}", tags=strings(tags))
     metrics = {k: best[k] for k in table.columns if k.endswith("macro_f1") or k == "accuracy"}
-    _log(client, run.info.run_id, metrics=metrics, params={"method": method, "bias": str(bias),
+    log_batch(client, run.info.run_id, metrics=metrics, params={"method": method, "bias": str(bias),
                                                               "runs": ",".join(report.runs.names)})
     for p in report.written:
         if p.name.endswith("_scores.csv") or p.parent.name == "best" and p.name == "run.json":
@@ -448,8 +356,8 @@ def log_submission(out: str | Path, source: str | Path, answers: np.ndarray, sou
     Args:
         answers: ``(n_images,)`` int classes 0..17 written to ``out``.
     """
-    client = _client()
-    exp_id = _experiment_id(client)
+    client = mlflow_client()
+    exp_id = experiment_id(client)
     out, source = Path(out), Path(source)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     shares = np.bincount(np.asarray(answers, dtype=np.int64), minlength=18) / max(len(answers), 1)
@@ -458,8 +366,8 @@ def log_submission(out: str | Path, source: str | Path, answers: np.ndarray, sou
     linked = _linked_run(client, exp_id, source.parent)
     if linked:
         tags["kf.source_run_id"] = linked
-    run = client.create_run(exp_id, run_name=f"submit/{out.name}", tags=_strings(tags))
-    _log(client, run.info.run_id, metrics={**{f"share_{c:02d}": s for c, s in enumerate(shares)}, "rows": len(answers)})
+    run = client.create_run(exp_id, run_name=f"submit/{out.name}", tags=strings(tags))
+    log_batch(client, run.info.run_id, metrics={**{f"share_{c:02d}": s for c, s in enumerate(shares)}, "rows": len(answers)})
     client.log_artifact(run.info.run_id, str(out))
     client.set_terminated(run.info.run_id, "FINISHED")
 

@@ -14,7 +14,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import pytest
 
 from kfold.synth import make_data
-from kfold.train import forced_threads
+from kfold.device import forced_threads
 
 if forced_threads():
     import torch

@@ -275,7 +275,8 @@ def test_suspects_are_exactly_the_people_with_injected_label_noise_under_an_orac
 def trained(tiny_data, tmp_path_factory):
     """A tiny run (test_efficientnet 32x32, 1 epoch, K=2), a copy of it as an ensemble, and kf report on both."""
     from kfold.config import load_config, parse_overrides
-    from kfold.train import load_data, train_runs
+    from kfold.data import load_data
+    from kfold.train import train_runs
 
     tmp = tmp_path_factory.mktemp("report")
     (tmp / "tiny.yaml").write_text("lr: 0.003\nseed: 7\n")

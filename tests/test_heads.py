@@ -19,7 +19,9 @@ from kfold.config import TrainConfig, validate
 from kfold.heads import (TASKS, TaskLoss, TaskModel, age_band_log_probs, build_task_loss, joint_from_marginals,
                          joint_log_probs, task_accuracy, task_marginals, training_targets)
 from kfold.io import KfError
-from kfold.train import PROB_COLS, load_data, train_runs
+from kfold.data import load_data
+from kfold.stagefiles import PROB_COLS
+from kfold.train import train_runs
 from kfold.tta import tta_compose, tta_probs
 from test_train import check_predict_reproduces_test_csv, check_resume, tiny_config
 

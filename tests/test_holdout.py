@@ -7,16 +7,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from test_train import tiny_config
 
 from ensemble import load_runs, macro_f1, to_state
 from ensemble.pipeline import fit_method, score_table
 from ensemble.selection import bootstrap_macro_f1, choose
 from ensemble.synth import write_synthetic_runs
-from kfold import train
 from kf.cli import main
-from kfold.train import PROB_COLS, load_data, train_runs
-
-from test_train import tiny_config
+from kfold import device, fold
+from kfold.data import load_data
+from kfold.stagefiles import PROB_COLS
+from kfold.train import train_runs
 
 
 def _invoke(*args):
@@ -60,17 +61,17 @@ def trained_with_holdout(tiny_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("holdout")
     seen: dict[int, list[str]] = {}
     data = load_data(tiny_data, tmp / "oof", k=2, seed=0, holdout=0.25)
-    real_loader = train.FoldTrainer._loader
+    real_loader = fold.FoldTrainer._loader
 
     def loader(self, epoch):
         seen[self.fold] = list(self.data.folds["image"].iloc[self.tr_idx])
         return real_loader(self, epoch)
 
-    train.FoldTrainer._loader = loader
+    fold.FoldTrainer._loader = loader
     try:
         meta = train_runs([tiny_config(tmp)], data, tmp / "oof", echo=lambda s: None, progress=False)[0]
     finally:
-        train.FoldTrainer._loader = real_loader
+        fold.FoldTrainer._loader = real_loader
     return tmp / "oof", data, meta, seen
 
 
@@ -93,7 +94,7 @@ def test_training_never_sees_the_holdout_and_predicts_it_like_the_test_set(train
 
     _, cfg = load_run(run)
     cache = build_cache([data.root / p for p in data.holdout["image"]], tuple(cfg.image_size), oof / "cache")
-    again = np.mean([_predict(m, cache, cfg, train.resolve_device(cfg), cfg.tta) for _, m in fold_models(run, cfg, "cpu")], 0)
+    again = np.mean([_predict(m, cache, cfg, device.resolve_device(cfg), cfg.tta) for _, m in fold_models(run, cfg, "cpu")], 0)
     np.testing.assert_allclose(hold[PROB_COLS].to_numpy(), again, atol=1e-5)  # same machine, same models
     assert meta["holdout_macro_f1"] == pytest.approx(macro_f1(hold["label"], hold[PROB_COLS].to_numpy().argmax(1)), abs=1e-9)
     rs = load_runs(oof, ["tiny"])

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kfold.train import PROB_COLS
+from kfold.stagefiles import PROB_COLS
 
 pytestmark = pytest.mark.trains
 

@@ -12,12 +12,14 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from kf.cli import main
-from kfold import train
+from kfold import fold
 from kfold.augment import Mixer, build_train_transform
 from kfold.config import AUGMENT_DEFAULTS, load_config, parse_overrides
+from kfold.data import load_data
 from kfold.io import KfError, read_json
 from kfold.losses import SoftF1Loss, build_soft_loss
-from kfold.train import PROB_COLS, load_data, train_runs
+from kfold.stagefiles import PROB_COLS
+from kfold.train import train_runs
 
 TINY = ["model=test_efficientnet", "pretrained=none", "image_size=[32,32]", "epochs=1", "batch_size=16",
         "tta=hflip", "eval_batch_size=64", "augment.affine=0"]
@@ -177,7 +179,7 @@ def test_pseudo_rows_join_training_only_and_leave_the_oof_rows_unchanged(source,
     oof = fresh_oof(src_oof, tmp_path / "oof")
     data = load_data(tiny_data, oof, k=2, seed=0)
     sizes, val = {}, {}
-    real = train.FoldTrainer._loader
+    real = fold.FoldTrainer._loader
 
     def loader(self, epoch):
         dl = real(self, epoch)
@@ -185,7 +187,7 @@ def test_pseudo_rows_join_training_only_and_leave_the_oof_rows_unchanged(source,
         val[self.fold] = self.va_idx.copy()
         return dl
 
-    monkeypatch.setattr(train.FoldTrainer, "_loader", loader)
+    monkeypatch.setattr(fold.FoldTrainer, "_loader", loader)
     cfg = tiny_config(tmp_path, name="ps", extra=[f"pseudo={oof / 'src'}", f"pseudo_threshold={thr}"])
     train_runs([cfg], data, oof, **quiet)
     meta = read_json(oof / "ps" / "run.json")
@@ -253,14 +255,14 @@ def test_resume_of_a_mixing_or_pseudo_run_gives_the_same_oof_as_an_uninterrupted
     a, b = fresh_oof(src_oof, tmp_path / "a"), fresh_oof(src_oof, tmp_path / "b")
     train_runs([cfg], load_data(tiny_data, a, k=2, seed=0), a, folds=[0], **quiet)
     # stop right after epoch 1's checkpoint, before its log line is written
-    real_write = train.write_csv
+    real_write = fold.write_csv
 
     def write_then_stop(df, path, *args, **kwargs):
         if Path(path).name == "log.csv":
             raise Interrupted
         return real_write(df, path, *args, **kwargs)
 
-    monkeypatch.setattr(train, "write_csv", write_then_stop)
+    monkeypatch.setattr(fold, "write_csv", write_then_stop)
     with pytest.raises(Interrupted):
         train_runs([cfg], load_data(tiny_data, b, k=2, seed=0), b, folds=[0], **quiet)
     monkeypatch.undo()

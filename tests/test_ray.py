@@ -25,9 +25,12 @@ from click.testing import CliRunner
 
 from kf.cli import main
 from kfold.config import load_config
-from kfold.executors import run_on_ray, task_resources
+from kfold.ray_nodes import task_resources
 from kfold.io import KfError
-from kfold.train import PROB_COLS, forced_threads, load_data
+from kfold.data import load_data
+from kfold.device import forced_threads
+from kfold.stagefiles import PROB_COLS
+from kfold.train import run_on_ray
 
 RUNS = {"a": {"seed": 7, "lr": 0.003}, "b": {"seed": 8, "lr": 0.001}}
 THREADS = forced_threads() or 2

@@ -28,9 +28,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from kfold.executors import _fits, _sees_storage, node_wait_s
+from kfold.ray_nodes import _fits, _sees_storage, node_wait_s
 from kfold.io import KfError
-from kfold.train import PROB_COLS
+from kfold.stagefiles import PROB_COLS
 
 pytestmark = pytest.mark.ray_cluster
 

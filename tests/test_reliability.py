@@ -217,7 +217,8 @@ def small(tiny_data, tmp_path) -> WS:
 
 def test_resume_refuses_a_last_pt_holding_a_pickled_object_without_running_it(small):
     from kfold.config import load_config
-    from kfold.train import load_data, prepare_run
+    from kfold.data import load_data
+    from kfold.train import prepare_run
 
     run = prepare_run(load_config(small.cfg), load_data(small.data, small.oof, k=2), small.oof, force=False)
     (run / "fold0").mkdir()

@@ -493,7 +493,7 @@ def test_a_diverging_fold_stops_at_the_first_nan_loss_saves_nothing_and_a_fixed_
 ])
 def test_non_finite_outputs_at_validation_or_prediction_stop_the_fold(small, tmp_path, monkeypatch, when, pattern):
     """Outputs forced to nan for one TTA: at validation (TTA none) or for the OOF prediction (the run's TTA)."""
-    from kfold.train import FoldTrainer
+    from kfold.fold import FoldTrainer
 
     real = FoldTrainer.predict
 

@@ -13,10 +13,12 @@ import yaml
 from click.testing import CliRunner
 
 from kf.cli import main
-from kfold import train
+from kfold import device, fold
 from kfold.config import load_config, parse_overrides
+from kfold.data import load_data
 from kfold.io import KfError
-from kfold.train import PROB_COLS, load_data, train_runs
+from kfold.stagefiles import PROB_COLS
+from kfold.train import train_runs
 
 TINY = ["model=test_efficientnet", "pretrained=none", "image_size=[32,32]", "epochs=1", "batch_size=16",
         "tta=hflip", "eval_batch_size=64", "augment.affine=0"]
@@ -35,17 +37,17 @@ def trained(tiny_data, tmp_path_factory):
     seen: dict[int, np.ndarray] = {}
     cfg = tiny_config(tmp)
     data = load_data(tiny_data, tmp / "oof", k=3, seed=0)
-    real_loader = train.FoldTrainer._loader
+    real_loader = fold.FoldTrainer._loader
 
     def loader(self, epoch):
         seen[self.fold] = self.tr_idx.copy()
         return real_loader(self, epoch)
 
-    train.FoldTrainer._loader = loader
+    fold.FoldTrainer._loader = loader
     try:
         metas = train_runs([cfg], data, tmp / "oof", echo=lambda s: None, progress=False)
     finally:
-        train.FoldTrainer._loader = real_loader
+        fold.FoldTrainer._loader = real_loader
     return tmp / "oof", data, metas[0], seen
 
 
@@ -123,19 +125,19 @@ def check_resume(cfg, tiny_data, tmp_path, monkeypatch) -> pd.DataFrame:
     train_runs([cfg], straight, tmp_path / "a", folds=[0], echo=lambda s: None, progress=False)
 
     interrupted = load_data(tiny_data, tmp_path / "b", k=2, seed=0)
-    real_loader = train.FoldTrainer._loader
+    real_loader = fold.FoldTrainer._loader
 
     def dying_loader(self, epoch):
         if epoch == 1:
             raise Interrupted
         return real_loader(self, epoch)
 
-    monkeypatch.setattr(train.FoldTrainer, "_loader", dying_loader)
+    monkeypatch.setattr(fold.FoldTrainer, "_loader", dying_loader)
     with pytest.raises(Interrupted):
         train_runs([cfg], interrupted, tmp_path / "b", folds=[0], echo=lambda s: None, progress=False)
     assert (tmp_path / "b" / "tiny" / "fold0" / "last.pt").exists()
     assert not (tmp_path / "b" / "tiny" / "fold0" / "result.json").exists()
-    monkeypatch.setattr(train.FoldTrainer, "_loader", real_loader)
+    monkeypatch.setattr(fold.FoldTrainer, "_loader", real_loader)
     lines = []
     train_runs([cfg], interrupted, tmp_path / "b", folds=[0], echo=lines.append, progress=False)
     assert any("resuming after epoch 1" in s for s in lines)
@@ -170,7 +172,7 @@ def test_cli_train_prints_the_oof_macro_f1_table(tiny_data, tmp_path):
                                     "--config", str(cfg), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "OOF macro F1" in res.output and (tmp_path / "oof" / "cli" / "oof.csv").exists()
-    assert f"on cpu, {train.forced_threads() or os.cpu_count()} threads" in res.output  # threads: auto, or KF_THREADS
+    assert f"on cpu, {device.forced_threads() or os.cpu_count()} threads" in res.output  # threads: auto, or KF_THREADS
     bad = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--oof", str(tmp_path / "oof"), "--k", "2",
                                     "--config", str(cfg), "--fold", "5"], prog_name="kf")
     assert bad.exit_code == 2
@@ -182,14 +184,14 @@ def test_kf_threads_replaces_threads_auto_and_a_bad_value_is_one_error_line(tiny
     cpu = torch.device("cpu")
     auto, pinned = tiny_config(tmp_path), tiny_config(tmp_path, "pinned", extra=["threads=2"])
     monkeypatch.delenv("KF_THREADS", raising=False)
-    assert train.resolve_workers(auto, cpu, cores=3) == (3, 0)
+    assert device.resolve_workers(auto, cpu, cores=3) == (3, 0)
     monkeypatch.setenv("KF_THREADS", "1")
-    assert train.resolve_workers(auto, cpu, cores=3) == (1, 0)
-    assert train.resolve_workers(pinned, cpu, cores=3) == (2, 0)  # an explicit setting wins
+    assert device.resolve_workers(auto, cpu, cores=3) == (1, 0)
+    assert device.resolve_workers(pinned, cpu, cores=3) == (2, 0)  # an explicit setting wins
     for bad in ("0", "-2", "two"):
         monkeypatch.setenv("KF_THREADS", bad)
         with pytest.raises(KfError, match=rf"^KF_THREADS='{bad}': expected a positive integer"):
-            train.resolve_workers(auto, cpu)
+            device.resolve_workers(auto, cpu)
     res = CliRunner().invoke(main, ["train", "--data", str(tiny_data), "--oof", str(tmp_path / "oof"), "--k", "2",
                                     "--config", str(tmp_path / "tiny.yaml"), "--fold", "0", "--no-progress",
                                     *[a for s in TINY for a in ("--set", s)]])
@@ -279,7 +281,7 @@ def test_frozen_backbone_changes_only_the_head(tiny_data, tmp_path):
     data = load_data(tiny_data, tmp_path / "oof", k=2, seed=0)
     train_runs([cfg], data, tmp_path / "oof", folds=[0], echo=lambda s: None, progress=False)
     trained = torch.load(tmp_path / "oof" / "tiny" / "fold0" / "best.pt", weights_only=True)
-    train.seed_everything(train.epoch_seed(cfg.seed, 0, -1))
+    device.seed_everything(device.epoch_seed(cfg.seed, 0, -1))
     initial = create_model(cfg.model, "none", drop_rate=cfg.drop_rate).state_dict()
     changed = {k for k in initial if not torch.equal(initial[k], trained[k])}
     assert changed == {"classifier.weight", "classifier.bias"}

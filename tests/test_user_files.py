@@ -398,13 +398,13 @@ def test_a_failed_fsync_or_rename_is_one_line_and_no_temporary(tmp_path, monkeyp
 
 def test_kf_predict_and_kf_train_check_they_can_write_before_computing(tmp_path, tiny_data, trained, monkeypatch):
     import ensemble.predict
-    import kfold.train
+    import kfold.data
 
     def never(*a, **k):
         raise AssertionError("computed before checking the output")
 
     monkeypatch.setattr(ensemble.predict, "predict_dir", never)
-    monkeypatch.setattr(kfold.train, "load_data", never)
+    monkeypatch.setattr(kfold.data, "load_data", never)
     _refuse_temporaries(monkeypatch, errno.EROFS)
     res = invoke("predict", "tiny", "--oof", trained, "--images", tiny_data / "eval" / "images", "--out", tmp_path / "p.csv")
     one_error_line(res, f"{tmp_path / 'p.csv'}: cannot write: Read-only file system")
