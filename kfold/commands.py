@@ -168,11 +168,12 @@ def combine_cmd(oof, mask_run, gender_run, age_run, name, overwrite):
       kf combine --mask mask_lite0 --gender gender_lite0 --age age_lite0 --name tasks_lite0
     """
     from .heads import combine_task_runs
-    from .io import KfError, read_json
+    from .io import KfError
+    from .runrecord import is_run_dir, read_run_json
 
     out = Path(oof) / name
-    if (out / "run.json").exists():
-        old = read_json(out / "run.json")
+    if is_run_dir(out):
+        old = read_run_json(out)
         if not old.get("combined_from") or not overwrite:
             what = "a combined run" if old.get("combined_from") else "a run that kf combine did not write"
             raise KfError(f"{out}: already holds {what}; choose another --name"

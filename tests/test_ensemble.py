@@ -17,7 +17,7 @@ from ensemble import (BiasTuning, CaruanaSelection, GeometricMean, OptimizedWeig
                       tune_biases)
 from ensemble.base import Ensembler, log_proba
 from ensemble.bias import class_bias_scores
-from ensemble.runs import PROB_COLS
+from kfold.stagefiles import PROB_COLS
 from ensemble.synth import synthetic_labels, synthetic_probs, write_synthetic_runs
 from kfold.cli import main
 from kfold.io import KfError

@@ -227,7 +227,7 @@ def test_a_task_head_run_records_both_age_cuts_and_task_accuracy_and_predicts_fr
 
 
 def test_kf_combine_joins_three_single_task_runs_into_a_run_that_kf_ensemble_and_kf_predict_read(task_runs, tiny_data):
-    from ensemble.runs import load_runs
+    from kfold.runset import load_runs
 
     oof_dir, data, metas = task_runs
     args = ["combine", "--oof", str(oof_dir), "--mask", "mask", "--gender", "gender", "--age", "age", "--name", "combo"]
