@@ -20,8 +20,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np
 from sklearn.metrics import f1_score
 
-from ensemble import (BiasTuning, CaruanaSelection, OptimizedWeights, SoftVoting, Stacking, load_runs, macro_f1,
-                      nested_estimate, tune_biases)
+from ensemble import BiasTuning, CaruanaSelection, OptimizedWeights, SoftVoting, Stacking, load_runs, macro_f1, nested_estimate, tune_biases
 from ensemble.base import log_proba
 from ensemble.synth import synthetic_labels, synthetic_probs, write_synthetic_runs
 

@@ -28,8 +28,8 @@ import pandas as pd  # noqa: E402
 
 from kfold import tracking  # noqa: E402
 from kfold.config import load_config, parse_overrides  # noqa: E402
-from kfold.synth import make_data  # noqa: E402
 from kfold.data import load_data  # noqa: E402
+from kfold.synth import make_data  # noqa: E402
 from kfold.train import train_runs  # noqa: E402
 
 HOOKS = ("run_started", "log_epoch", "fold_done", "run_finished")

@@ -5,13 +5,14 @@ Methods (scikit-learn-like estimators over ``(n_runs, n_images, 18)`` probabilit
 :class:`CaruanaSelection`, :class:`Stacking`, and :class:`BiasTuning` on top
 of any of them. See docs/ensemble.md.
 """
+from kfold.metrics import accuracy, confusion_matrix, f1_per_class, macro_f1, macro_f1_batch
+from kfold.runset import RunSet, load_runs
+
 from .bias import BiasTuning, tune_biases
 from .caruana import CaruanaSelection
 from .evaluate import fold_scores, nested_estimate, nested_fits, score_row
 from .methods import METHODS, from_state, make_method, to_state
-from kfold.metrics import accuracy, confusion_matrix, f1_per_class, macro_f1, macro_f1_batch
 from .pipeline import run_ensemble
-from .runs import RunSet, load_runs
 from .stacking import Stacking
 from .voting import GeometricMean, SoftVoting
 from .weights import OptimizedWeights

@@ -4,7 +4,7 @@ Methods look like scikit-learn estimators: hyper-parameters in ``__init__``,
 ``fit(P, y, folds=None)`` learns attributes ending in ``_``, and
 ``predict_proba(P)`` returns probabilities. ``P`` is always the stacked
 probabilities of the members, ``(n_runs, n_images, 18)`` float, each row
-summing to 1 (validated once by :func:`ensemble.runs.load_runs`; inside the
+summing to 1 (validated once by :func:`kfold.runset.load_runs`; inside the
 library the arrays are trusted). ``sklearn.base.clone`` works on every method.
 
 After ``fit`` every method also holds ``oof_proba_``: the ``(n_images, 18)``
@@ -14,10 +14,51 @@ the cross-fitted prediction, each fold predicted by a model that never saw it.
 """
 from __future__ import annotations
 
+import importlib
+from typing import Callable
+
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from kfold.io import KfError
 from kfold.labels import N_CLASSES
+from kfold.metrics import macro_f1
+
+#: a score of predicted classes, higher is better: ``scorer(y_true, y_pred) -> float`` on ``(n_images,)`` int arrays
+Scorer = Callable[[np.ndarray, np.ndarray], float]
+
+
+def get_scorer(scorer: Scorer | str | None) -> Scorer:
+    """The scorer to use: :func:`kfold.metrics.macro_f1` (the competition metric) for None, else ``scorer``.
+
+    A string ``"module:function"`` (as :func:`scorer_name` records it in an ensemble JSON) is imported.
+
+    Raises:
+        KfError: a string that names no importable function.
+    """
+    if scorer is None:
+        return macro_f1
+    if isinstance(scorer, str):
+        mod, _, attr = scorer.partition(":")
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError, ValueError):
+            raise KfError(f"scorer {scorer!r}: not an importable function (module:function)") from None
+    return scorer
+
+
+def is_default_scorer(scorer: Scorer | str | None) -> bool:
+    """True for the competition metric, for which the vectorised macro F1 paths apply."""
+    return scorer is None or scorer is macro_f1
+
+
+def scorer_name(scorer: Scorer | str | None) -> str | None:
+    """``"module:function"`` of a custom scorer for JSON, None for the default."""
+    if is_default_scorer(scorer):
+        return None
+    if isinstance(scorer, str):
+        return scorer
+    return f"{scorer.__module__}:{scorer.__qualname__}"
 
 #: probabilities are clipped to [EPS, 1] before a log
 EPS = 1e-7

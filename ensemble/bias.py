@@ -1,11 +1,12 @@
-"""Per-class additive biases on log-probabilities, tuned for macro F1 by coordinate ascent."""
+"""Per-class additive biases on log-probabilities, tuned for the metric (macro F1 by default) by coordinate ascent."""
 from __future__ import annotations
 
 import numpy as np
 from sklearn.base import clone
 
-from .base import Ensembler, log_proba, softmax
 from kfold.metrics import f1_from_confusion, macro_f1
+
+from .base import Ensembler, Scorer, is_default_scorer, log_proba, softmax
 
 DEFAULT_GRID = tuple(np.round(np.linspace(-2.0, 2.0, 41), 10))
 
@@ -43,8 +44,20 @@ def class_bias_scores(S: np.ndarray, logp: np.ndarray, y: np.ndarray, c: int, gr
     return f1_from_confusion(cm).mean(axis=1)
 
 
-def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: int = 3) -> tuple[np.ndarray, float]:
-    """Biases ``b`` maximising the macro F1 of ``argmax(logp + b)``, by coordinate ascent on a grid.
+def _grid_scores(S: np.ndarray, logp: np.ndarray, y: np.ndarray, c: int, grid: np.ndarray,
+                 scorer: Scorer) -> np.ndarray:
+    """:func:`class_bias_scores` for any scorer: ``(n_grid,)`` scores, one ``argmax`` per grid value."""
+    T = S.copy()
+    out = np.empty(len(grid))
+    for j, v in enumerate(grid):
+        T[:, c] = logp[:, c] + v
+        out[j] = scorer(y, T.argmax(axis=1))
+    return out
+
+
+def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: int = 3,
+                scorer: Scorer | None = None) -> tuple[np.ndarray, float]:
+    """Biases ``b`` maximising the score (macro F1 by default) of ``argmax(logp + b)``, by coordinate ascent on a grid.
 
     Starting from ``b = 0``, each pass visits the classes in order and sets
     ``b[c]`` to the grid value with the best macro F1, the other biases held
@@ -54,34 +67,41 @@ def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: in
     adjustment common for macro F1 on imbalanced classes (e.g. Lipton et al.
     2014, "Thresholding classifiers to maximize F1 score").
 
-    All grid values of a class are scored together by :func:`class_bias_scores`.
+    For macro F1 all grid values of a class are scored together by
+    :func:`class_bias_scores`; another scorer is called once per grid value.
 
     Args:
         logp: ``(n_images, 18)`` float log-probabilities (or logits).
         y: ``(n_images,)`` int labels.
         grid: candidate bias values.
         n_passes: maximum passes over the classes.
+        scorer: ``(y_true, y_pred) -> float``, higher is better; None for macro F1.
 
     Returns:
-        ``(biases, macro_f1)``: ``(18,)`` float64 and the OOF macro F1 of
+        ``(biases, score)``: ``(18,)`` float64 and the OOF score of
         ``argmax(logp + biases)``.
     """
     logp = np.asarray(logp, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     grid = np.sort(np.asarray(grid, dtype=np.float64))
     n_classes = logp.shape[1]
+    fast = is_default_scorer(scorer)
+
+    def score(pred: np.ndarray) -> float:
+        return macro_f1(y, pred, n_classes) if fast else scorer(y, pred)
+
     b = np.zeros(n_classes)
     S = logp.copy()  # current scores logp + b
-    best = macro_f1(y, S.argmax(axis=1), n_classes)
+    best = score(S.argmax(axis=1))
     for _ in range(n_passes):
         improved = False
         for c in range(n_classes):
-            scores = class_bias_scores(S, logp, y, c, grid)
+            scores = class_bias_scores(S, logp, y, c, grid) if fast else _grid_scores(S, logp, y, c, grid, scorer)
             j = int(np.argmax(scores))
             if scores[j] > best + 1e-12:
                 keep = S[:, c].copy()
                 S[:, c] = logp[:, c] + grid[j]
-                exact = macro_f1(y, S.argmax(axis=1), n_classes)  # == scores[j] unless rounding moved a tie
+                exact = score(S.argmax(axis=1))  # == scores[j] unless rounding moved a tie
                 if exact > best:
                     b[c], best, improved = grid[j], exact, True
                 else:
@@ -92,7 +112,7 @@ def tune_biases(logp: np.ndarray, y: np.ndarray, grid=DEFAULT_GRID, n_passes: in
 
 
 class BiasTuning(Ensembler):
-    """Any method, then per-class biases on its log-probabilities tuned for OOF macro F1.
+    """Any method, then per-class biases on its log-probabilities tuned for the OOF score (macro F1 by default).
 
     Fits ``estimator`` (a clone), tunes ``biases_`` with :func:`tune_biases`
     on the estimator's ``oof_proba_`` (cross-fitted for stacking), and
@@ -103,6 +123,7 @@ class BiasTuning(Ensembler):
         estimator: an unfitted method (``SoftVoting()``, ``CaruanaSelection()``, ...).
         grid: candidate bias values (default -2..2 step 0.1).
         n_passes: coordinate-ascent passes over the 18 classes.
+        scorer: ``(y_true, y_pred) -> float`` to tune for; None for macro F1.
 
     Attributes:
         estimator_: the fitted method.
@@ -110,15 +131,16 @@ class BiasTuning(Ensembler):
         oof_proba_: ``(n_images, 18)`` OOF probabilities with the biases applied.
     """
 
-    def __init__(self, estimator: Ensembler, grid=DEFAULT_GRID, n_passes: int = 3):
+    def __init__(self, estimator: Ensembler, grid=DEFAULT_GRID, n_passes: int = 3, scorer: Scorer | None = None):
         self.estimator = estimator
         self.grid = grid
         self.n_passes = n_passes
+        self.scorer = scorer
 
     def fit(self, P: np.ndarray, y: np.ndarray, folds: np.ndarray | None = None) -> "BiasTuning":
         """Fit the method on ``(n_runs, n_images, 18)`` ``P``, labels ``y``, ``folds``; then the biases."""
         self.estimator_ = clone(self.estimator).fit(P, y, folds)
-        self.biases_, _ = tune_biases(log_proba(self.estimator_.oof_proba_), y, self.grid, self.n_passes)
+        self.biases_, _ = tune_biases(log_proba(self.estimator_.oof_proba_), y, self.grid, self.n_passes, self.scorer)
         self.oof_proba_ = self.apply(self.estimator_.oof_proba_)
         return self
 

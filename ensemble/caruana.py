@@ -1,10 +1,9 @@
-"""Greedy ensemble selection with replacement, scored directly by macro F1."""
+"""Greedy ensemble selection with replacement, scored directly by the metric (macro F1 by default)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .base import WeightedMean, check_P
-from kfold.metrics import macro_f1
+from .base import Scorer, WeightedMean, check_P, get_scorer
 
 
 class CaruanaSelection(WeightedMean):
@@ -23,17 +22,20 @@ class CaruanaSelection(WeightedMean):
 
     Args:
         n_iterations: selection steps (AutoGluon's ``ensemble_size``; >= 25 recommended).
+        scorer: ``(y_true, y_pred) -> float``, higher is better; None for
+            :func:`kfold.metrics.macro_f1` (the competition metric).
 
     Attributes:
         weights_: ``(n_runs,)`` float64, ``>= 0``, sum 1.
         indices_: member picked at each kept step.
-        trajectory_: ``(n_iterations,)`` OOF macro F1 after each step.
+        trajectory_: ``(n_iterations,)`` OOF score after each step.
         best_iteration_: number of steps kept (1-based).
         oof_proba_: ``(n_images, 18)`` in-sample OOF probabilities.
     """
 
-    def __init__(self, n_iterations: int = 25):
+    def __init__(self, n_iterations: int = 25, scorer: Scorer | None = None):
         self.n_iterations = n_iterations
+        self.scorer = scorer
 
     def fit(self, P: np.ndarray, y: np.ndarray, folds: np.ndarray | None = None) -> "CaruanaSelection":
         """Select members on ``(n_runs, n_images, 18)`` OOF probabilities ``P`` and ``(n_images,)`` labels ``y``.
@@ -48,10 +50,11 @@ class CaruanaSelection(WeightedMean):
         P = check_P(P)
         y = np.asarray(y, dtype=np.int64)
         n_runs = len(P)
+        score = get_scorer(self.scorer)
         running = np.zeros(P.shape[1:])  # sum of picked members' probabilities; argmax(sum) == argmax(mean)
         picks, trajectory = [], []
         for _ in range(self.n_iterations):
-            scores = [macro_f1(y, (running + P[m]).argmax(axis=1)) for m in range(n_runs)]
+            scores = [score(y, (running + P[m]).argmax(axis=1)) for m in range(n_runs)]
             best = int(np.argmax(scores))
             running += P[best]
             picks.append(best)

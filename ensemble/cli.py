@@ -5,10 +5,16 @@ from pathlib import Path
 
 import click
 
-from kfold.options import data_option, oof_option, track_option
+from kfold.labels import N_CLASSES
+from kfold.options import data_option, flag_errors, oof_option, track_option
 
 METHOD_CHOICES = ("all", "soft", "geo", "weights", "caruana", "stacking")
 TTA_CHOICES = ("none", "hflip", "flip", "d4")
+#: library parameter -> flag, for errors (kfold.io.ParamError)
+ENSEMBLE_FLAGS = dict(method="--method", runs="--runs", name="--name", overwrite="--overwrite", select_on="--select-on",
+                      confidence="--confidence", oof_dir="--oof")
+IMPORT_FLAGS = dict(name="NAME", columns="--columns", logits="--logits", test_csvs="--test-csv", data="--data",
+                    overwrite="--overwrite", oof_dir="--oof")
 
 
 @click.command("ensemble")
@@ -58,7 +64,8 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
     """
     from kfold import tracking
 
-    from .pipeline import format_table, run_ensemble
+    from .pipeline import run_ensemble
+    from .scores import format_table
 
     track = tracking.wanted(track)
     names = [r.strip() for r in runs.split(",") if r.strip()] if runs is not None else None
@@ -69,10 +76,11 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
     if not info.is_file():
         click.echo(f"note: {info} not found; test.csv ImageIDs are checked between runs only")
         info = None
-    if tta is not None:
-        names = with_tta(oof, data, names, tta)
-    report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info, overwrite=overwrite,
-                          select_on=select_on, confidence=confidence)
+    with flag_errors(**ENSEMBLE_FLAGS):
+        if tta is not None:
+            names = with_tta(oof, data, names, tta)
+        report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info, overwrite=overwrite,
+                              select_on=select_on, confidence=confidence)
     rs = report.runs
     click.echo(f"{len(rs.names)} run(s): {', '.join(rs.names)}; {rs.oof.shape[1]} OOF images, "
                f"{rs.test.shape[1]} test images, K={rs.k}"
@@ -105,10 +113,10 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
 
 def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str]:
     """Member names after re-predicting each with ``tta`` (see ``kfold.inference.repredict_run``)."""
-    from kfold.io import read_json, stage_lock
+    from kfold.io import stage_lock
+    from kfold.runrecord import discover_runs, is_run_dir, read_run_json, resolve_run_dir
 
     from .external import refuse_external
-    from .runs import discover_runs, resolve_run_dir
 
     names = names if names is not None else discover_runs(oof)[0]
     for n in names:  # before any re-prediction (and before importing torch)
@@ -119,13 +127,13 @@ def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str
     out = []
     for n in names:
         run_dir = resolve_run_dir(n, oof)
-        meta = read_json(run_dir / "run.json")
-        if meta.get("tta") == tta:
+        meta = read_run_json(run_dir)
+        if meta.tta == tta:
             out.append(n)
             continue
         target = run_dir.parent / f"{meta.get('source_run') or run_dir.name}@{tta}"
         with stage_lock(target, click.echo):  # two calls: the later one finds the re-prediction done
-            done = (target / "run.json").is_file() and read_json(target / "run.json").get("finished")
+            done = is_run_dir(target) and read_run_json(target).finished
             if not done:
                 click.echo(f"{n}: re-predicting OOF and test with TTA {tta} from its fold checkpoints")
                 repredict_run(run_dir, data, tta, target, echo=click.echo)
@@ -153,9 +161,9 @@ def predict_cmd(run_or_ensemble, images, out, tta, batch_size, overwrite, oof):
     """
     from kfold.images import extensions_text, list_images
     from kfold.io import check_can_write
+    from kfold.runrecord import resolve_run_dir
 
     from .predict import predict_dir, write_predictions
-    from .runs import resolve_run_dir
 
     check_can_write(out, overwrite=overwrite)  # before the work: writable, and never replaced without --overwrite
     run_dir = resolve_run_dir(run_or_ensemble, oof)
@@ -174,13 +182,13 @@ def predict_cmd(run_or_ensemble, images, out, tta, batch_size, overwrite, oof):
 @click.command("import")
 @click.argument("name")
 @click.option("--oof-csv", "oof_csv", required=True, type=click.Path(dir_okay=False),
-              help="OOF predictions: image, fold, 18 class columns (one row per folds.csv image, any order).")
+              help=f"OOF predictions: image, fold, {N_CLASSES} class columns (one row per folds.csv image, any order).")
 @click.option("--test-csv", "test_csvs", required=True, multiple=True, type=click.Path(dir_okay=False),
-              help="Test predictions: ImageID, 18 class columns (any order); repeat once per fold to average per-fold files.")
+              help=f"Test predictions: ImageID, {N_CLASSES} class columns (any order); repeat once per fold to average per-fold files.")
 @click.option("--logits", is_flag=True, help="The class columns are logits: apply a softmax (recorded in run.json).")
-@click.option("--columns", default=None, metavar="C0,..,C17|TEMPLATE",
-              help="Class columns in class order instead of prob_0..prob_17: 18 names, or one with {} for the "
-                   "class number (logit_{}; {} for 0..17).")
+@click.option("--columns", default=None, metavar=f"C0,..,C{N_CLASSES - 1}|TEMPLATE",
+              help=f"Class columns in class order instead of prob_0..prob_{N_CLASSES - 1}: {N_CLASSES} names, or one "
+                   f"with {{}} for the class number (logit_{{}}; {{}} for 0..{N_CLASSES - 1}).")
 @click.option("--who", default=None, help="Free text recorded in run.json: who made the predictions.")
 @click.option("--where", default=None, help="Free text recorded in run.json: where (notebook, framework, commit).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier import of the same NAME (a trained run never is).")
@@ -204,8 +212,9 @@ def import_cmd(name, oof_csv, test_csvs, logits, columns, who, where, overwrite,
     """
     from .external import import_run
 
-    rj = import_run(oof, name, oof_csv, test_csvs, data=data, logits=logits, columns=columns, who=who, where=where,
-                    overwrite=overwrite)
+    with flag_errors(**IMPORT_FLAGS):
+        rj = import_run(oof, name, oof_csv, test_csvs, data=data, logits=logits, columns=columns, who=who, where=where,
+                        overwrite=overwrite)
     if Path(rj["test_ids_from"]).name != "info.csv":
         click.echo(f"note: {Path(data) / 'eval' / 'info.csv'} not found; test ImageIDs checked against {rj['test_ids_from']}")
     click.echo(f"wrote {Path(oof) / name}/{{oof.csv,test.csv,run.json}}: kind external, OOF macro F1 "
@@ -233,7 +242,8 @@ def export_cmd(out, run, overwrite, data, oof):
       kf export for_ana --data data
       kf export shared/lite0 --run lite0
     """
-    from .external import export_files
+    from .export import export_files
 
-    paths = export_files(oof, out, data=data, run=run, overwrite=overwrite)
+    with flag_errors(runs="--run", overwrite="--overwrite", oof_dir="--oof"):
+        paths = export_files(oof, out, data=data, run=run, overwrite=overwrite)
     click.echo(f"wrote {out}/: {', '.join(p.name for p in paths)}")

@@ -25,9 +25,9 @@ import numpy as np
 from sklearn.base import clone
 
 from kfold.labels import N_CLASSES
+from kfold.metrics import accuracy, f1_per_class
 
-from .base import Ensembler
-from kfold.metrics import accuracy, f1_per_class, macro_f1
+from .base import Ensembler, Scorer, get_scorer
 
 
 def nested_fits(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> Iterator[tuple[int, np.ndarray, Ensembler]]:
@@ -49,44 +49,53 @@ def nested_fits(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.nd
         yield int(f), held, clone(estimator).fit(P[:, ~held], y[~held], folds[~held])
 
 
-def nested_estimate(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """Honest macro F1 of a method: per fold, fitted without that fold, scored on it.
+def nested_estimate(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                    scorer: Scorer | None = None) -> np.ndarray:
+    """Honest score of a method: per fold, fitted without that fold, scored on it.
 
-    Args: see :func:`nested_fits`.
+    Args: see :func:`nested_fits`; ``scorer``: ``(y_true, y_pred) -> float``, None for macro F1.
 
     Returns:
-        ``(n_folds,)`` float64 macro F1 of each held-out fold, in fold order.
+        ``(n_folds,)`` float64 score (macro F1 by default) of each held-out fold, in fold order.
     """
-    return np.array([macro_f1(y[held], est.predict(P[:, held])) for _, held, est in nested_fits(estimator, P, y, folds)])
+    score = get_scorer(scorer)
+    return np.array([score(y[held], est.predict(P[:, held])) for _, held, est in nested_fits(estimator, P, y, folds)])
 
 
-def nested_predictions(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The nested (honest) probabilities of every OOF row, and the macro F1 of each held-out fold.
+def nested_predictions(estimator: Ensembler, P: np.ndarray, y: np.ndarray, folds: np.ndarray,
+                       scorer: Scorer | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The nested (honest) probabilities of every OOF row, and the score of each held-out fold.
 
-    Args: see :func:`nested_fits`.
+    Args: see :func:`nested_fits`; ``scorer``: ``(y_true, y_pred) -> float``, None for macro F1.
 
     Returns:
-        ``(per_fold, pooled)``: ``(n_folds,)`` float64 macro F1 of each held-out
+        ``(per_fold, pooled)``: ``(n_folds,)`` float64 score of each held-out
         fold, and ``(n_images, 18)`` float64 probabilities, each row predicted
         by the fit that did not see its fold.
     """
+    score = get_scorer(scorer)
     pooled = np.zeros(P.shape[1:], dtype=np.float64)
     per_fold = []
     for _, held, est in nested_fits(estimator, P, y, folds):
         pooled[held] = est.predict_proba(P[:, held])
-        per_fold.append(macro_f1(y[held], pooled[held].argmax(axis=1)))
+        per_fold.append(score(y[held], pooled[held].argmax(axis=1)))
     return np.array(per_fold), pooled
 
 
-def fold_scores(proba: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """``(n_folds,)`` macro F1 of ``(n_images, 18)`` probabilities on each fold's rows, in fold order."""
+def fold_scores(proba: np.ndarray, y: np.ndarray, folds: np.ndarray, scorer: Scorer | None = None) -> np.ndarray:
+    """``(n_folds,)`` score (macro F1 by default) of ``(n_images, 18)`` probabilities on each fold's rows, in fold order."""
+    score = get_scorer(scorer)
     pred = proba.argmax(axis=1)
-    return np.array([macro_f1(y[folds == f], pred[folds == f]) for f in np.unique(folds)])
+    return np.array([score(y[folds == f], pred[folds == f]) for f in np.unique(folds)])
 
 
 def score_row(name: str, kind: str, oof_proba: np.ndarray, y: np.ndarray, per_fold: np.ndarray,
-              pooled_proba: np.ndarray | None = None) -> dict:
+              pooled_proba: np.ndarray | None = None, scorer: Scorer | None = None) -> dict:
     """One row of the scores table.
+
+    The ``*_macro_f1`` columns hold ``scorer``'s value (macro F1 by default,
+    the competition metric); ``accuracy`` and the per-class ``f1_*`` describe
+    the predictions whatever the scorer.
 
     Args:
         name: run or ensemble name.
@@ -97,13 +106,15 @@ def score_row(name: str, kind: str, oof_proba: np.ndarray, y: np.ndarray, per_fo
         pooled_proba: ``(n_images, 18)`` nested probabilities of every row
             (:func:`nested_predictions`); default ``oof_proba`` (a run's OOF rows
             are held-out already).
+        scorer: ``(y_true, y_pred) -> float``; None for macro F1.
 
     Returns:
         ``{name, kind, oof_macro_f1, nested_macro_f1, pooled_macro_f1, fold<k>_macro_f1..., accuracy, f1_0..f1_17}``.
     """
+    score = get_scorer(scorer)
     pred = oof_proba.argmax(axis=1)
-    pooled = macro_f1(y, (oof_proba if pooled_proba is None else pooled_proba).argmax(axis=1))
-    row = {"name": name, "kind": kind, "oof_macro_f1": macro_f1(y, pred), "nested_macro_f1": float(np.mean(per_fold)),
+    pooled = score(y, (oof_proba if pooled_proba is None else pooled_proba).argmax(axis=1))
+    row = {"name": name, "kind": kind, "oof_macro_f1": score(y, pred), "nested_macro_f1": float(np.mean(per_fold)),
            "pooled_macro_f1": pooled}
     row.update({f"fold{k}_macro_f1": float(s) for k, s in enumerate(per_fold)})
     row["accuracy"] = accuracy(y, pred)

@@ -1,4 +1,4 @@
-"""Predictions made elsewhere as kf runs: ``kf import`` and ``kf export``.
+"""Predictions made elsewhere as kf runs: ``kf import`` (``kf export``, what the teammate gets, is :mod:`ensemble.export`).
 
 A teammate's notebook (Keras, Lightning, a Kaggle kernel) joins the ensemble
 through files only. ``kf export`` writes what the teammate needs to predict
@@ -36,23 +36,20 @@ import numpy as np
 import pandas as pd
 
 import kfold
-from kfold.labels import class_labels
+from kfold.data import read_info_ids
 from kfold.folds import FOLDS_CSV, FOLDS_JSON, load_folds
-from kfold.io import KfError, atomic_write, check_writable, read_csv, read_json, write_csv, write_json
-from kfold.labels import DEFAULT_AGE_CUTS, N_CLASSES, decode
-from submit.submission import read_info_ids, validate_test_probs
+from kfold.io import KfError, ParamError, read_csv, read_json
+from kfold.labels import N_CLASSES
+from kfold.metrics import macro_f1
+from kfold.runrecord import NOT_RUNS, RUN_JSON, RunRecord, discover_runs, read_run_json, run_json_path, write_run_json
+from kfold.stagefiles import KEY_COLS, PROB_COLS, SUM_TOL, _row, _val, check_probs, validate_test_probs, write_probs_csv
 
 from .base import softmax
 from .methods import _NAME_RE
-from kfold.metrics import macro_f1
-from kfold.stagefiles import SUM_TOL, _row, _val
-from kfold.stagefiles import check_probs as _check_probs
-
-from .runs import KEY_COLS, NOT_RUNS, PROB_COLS, discover_runs, load_runs, write_probs_csv
 
 EXTERNAL = "external"
 #: the files of an imported run; run.json is written last
-RUN_FILES = ("oof.csv", "test.csv", "run.json")
+RUN_FILES = ("oof.csv", "test.csv", RUN_JSON)
 _NA = ["", "nan", "NaN", "NA"]
 
 
@@ -74,7 +71,7 @@ def parse_columns(spec: str | None) -> list[str]:
             number (``logit_{}``, ``{}`` for pandas' default ``0..17``).
 
     Raises:
-        KfError: not 18 names, or a name given twice.
+        ParamError: not 18 names, or a name given twice.
     """
     if spec is None:
         return list(PROB_COLS)
@@ -82,10 +79,10 @@ def parse_columns(spec: str | None) -> list[str]:
         return [spec.replace("{}", str(c)) for c in range(N_CLASSES)]
     cols = [c.strip() for c in spec.split(",")]
     if len(cols) != N_CLASSES or any(not c for c in cols):
-        raise KfError(f"--columns: {len(cols)} names, expected {N_CLASSES} (one per class, in class order), "
-                      "or one name with {} for the class number, e.g. logit_{}")
+        raise ParamError(f"{{columns}}: {len(cols)} names, expected {N_CLASSES} (one per class, in class order), "
+                         "or one name with {} for the class number, e.g. logit_{}", "columns")
     if len(set(cols)) != len(cols):
-        raise KfError(f"--columns: {next(c for c in cols if cols.count(c) > 1)!r} is named twice")
+        raise ParamError(f"{{columns}}: {next(c for c in cols if cols.count(c) > 1)!r} is named twice", "columns")
     return cols
 
 
@@ -144,11 +141,11 @@ def read_class_block(path: str | Path, key: str, columns: Sequence[str], logits:
     if list(columns) == PROB_COLS:
         got = [c for c in df.columns if c.startswith("prob_")]
         if sorted(got) != sorted(PROB_COLS):
-            raise KfError(f"{path}: {len(got)} prob_ columns, expected {N_CLASSES} (prob_0..prob_{N_CLASSES - 1}, "
-                          "one per class in kf's encoding; name other columns with --columns)")
+            raise ParamError(f"{path}: {len(got)} prob_ columns, expected {N_CLASSES} (prob_0..prob_{N_CLASSES - 1}, "
+                             "one per class in kf's encoding; name other columns with {columns})", "columns")
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise KfError(f"{path}: no column {missing[0]!r} of --columns (found: {', '.join(df.columns)})")
+        raise ParamError(f"{path}: no column {missing[0]!r} of {{columns}} (found: {', '.join(df.columns)})", "columns")
     vals = df[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(vals)
     if bad.any():
@@ -157,8 +154,8 @@ def read_class_block(path: str | Path, key: str, columns: Sequence[str], logits:
                       f"expected a finite {'logit' if logits else 'probability'}")
     if logits:
         if ((vals >= 0) & (vals <= 1)).all() and (np.abs(vals.sum(axis=1) - 1) <= SUM_TOL).all():
-            raise KfError(f"{path}: --logits, but every row of {columns[0]}..{columns[-1]} is in [0, 1] and sums to 1: "
-                          "these are probabilities (a softmax would flatten them); leave out --logits")
+            raise ParamError(f"{path}: {{logits}}, but every row of {columns[0]}..{columns[-1]} is in [0, 1] and sums to 1: "
+                             "these are probabilities (a softmax would flatten them); leave out {logits}", "logits")
         vals = softmax(vals)
     rest = df[[c for c in df.columns if c not in columns and not c.startswith("prob_")]]
     return pd.concat([rest.reset_index(drop=True), pd.DataFrame(vals, columns=PROB_COLS)], axis=1)
@@ -224,7 +221,7 @@ def align_oof(df: pd.DataFrame, path: str | Path, folds: pd.DataFrame, folds_csv
             i = int(np.flatnonzero(ne)[0])
             raise KfError(f"{path}: {_row(i)} (image {images.iloc[i]!r}): {col} {got[i]}, but {folds_csv} {_row(int(pos[i]))} "
                           f"has {col} {want[i]}; {what}")
-    probs = _check_probs(df, path, "image")
+    probs = check_probs(df, path, "image")
     out = np.empty_like(probs)
     out[pos] = probs
     return out
@@ -265,10 +262,11 @@ def read_test_files(paths: Sequence[str | Path], ref_ids: list[str], columns: Se
 
     Raises:
         KfError: neither 1 nor ``k`` files; an ImageID empty, twice, not in
-            info.csv or missing; a bad value (see :func:`submit.submission.validate_test_probs`).
+            info.csv or missing; a bad value (see :func:`kfold.stagefiles.validate_test_probs`).
     """
     if len(paths) not in (1, k):
-        raise KfError(f"--test-csv: {len(paths)} files, expected 1 (averaged over folds) or {k} (one per fold, averaged here)")
+        raise ParamError(f"{{test_csvs}}: {len(paths)} files, expected 1 (averaged over folds) or {k} (one per fold, "
+                         "averaged here)", "test_csvs")
     out = []
     for p in paths:
         df = read_class_block(p, "ImageID", columns, logits)
@@ -282,7 +280,7 @@ def read_test_files(paths: Sequence[str | Path], ref_ids: list[str], columns: Se
 def recorded_data(oof_dir: str | Path) -> dict:
     """The ``data`` block (root, age_cuts) of the first run under ``oof_dir`` that records age cuts, else ``{}``."""
     for name in discover_runs(oof_dir)[0]:
-        data = read_json(Path(oof_dir) / name / "run.json").get("data") or {}
+        data = read_run_json(Path(oof_dir) / name).get("data") or {}
         if data.get("age_cuts"):
             return data
     return {}
@@ -292,14 +290,14 @@ def _check_destination(out: Path, overwrite: bool) -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise KfError(f"{out}: exists and is not a folder; choose another NAME")
-    rj = read_json(out / "run.json") if (out / "run.json").is_file() else None
+        raise ParamError(f"{out}: exists and is not a folder; choose another {{name}}", "name")
+    rj = read_run_json(out) if run_json_path(out).is_file() else None
     others = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") and p.name not in RUN_FILES)
     if others or (rj is not None and rj.get("kind") != EXTERNAL):
         what = f"a {rj.get('kind') or 'run'}" if rj is not None else f"a run in progress ({others[0]})"
-        raise KfError(f"{out}: holds {what}, not an earlier import; choose another NAME")
+        raise ParamError(f"{out}: holds {what}, not an earlier import; choose another {{name}}", "name")
     if not overwrite and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise KfError(f"{out}: an earlier import exists (pass --overwrite to replace it)")
+        raise ParamError(f"{out}: an earlier import exists (pass {{overwrite}} to replace it)", "overwrite")
 
 
 def import_run(oof_dir: str | Path, name: str, oof_csv: str | Path, test_csvs: Sequence[str | Path],
@@ -335,7 +333,8 @@ def import_run(oof_dir: str | Path, name: str, oof_csv: str | Path, test_csvs: S
     """
     oof_dir = Path(oof_dir)
     if not _NAME_RE.match(name) or name in NOT_RUNS:
-        raise KfError(f"NAME {name!r}: use letters, digits and _ . + - only, not {', '.join(NOT_RUNS)} (it names a folder under --oof)")
+        raise ParamError(f"{{name}} {name!r}: use letters, digits and _ . + - only, not {', '.join(NOT_RUNS)} (it names "
+                         "a folder under {oof_dir})", "name", "oof_dir")
     out = oof_dir / name
     _check_destination(out, overwrite)
     cols = parse_columns(columns)
@@ -346,145 +345,27 @@ def import_run(oof_dir: str | Path, name: str, oof_csv: str | Path, test_csvs: S
                       oof_dir / FOLDS_CSV)
     ref_ids, ref_src = reference_test_ids(oof_dir, data)
     if ref_src is None:
-        raise KfError(f"{Path(data or 'data') / 'eval' / 'info.csv'}: file not found, and no finished run under {oof_dir} "
-                      "lists the test ImageIDs; pass --data")
+        raise ParamError(f"{Path(data or 'data') / 'eval' / 'info.csv'}: file not found, and no finished run under {oof_dir} "
+                         "lists the test ImageIDs; pass {data}", "data")
     test_p = read_test_files(list(test_csvs), ref_ids, cols, logits, k)
     y = folds["label"].to_numpy(np.int64)
     pred = oof_p.argmax(axis=1)
     recorded = recorded_data(oof_dir)
-    rj = {"name": name, "kind": EXTERNAL, "who": who, "where": where,
-          "imported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-          "sources": {"oof": {"path": str(Path(oof_csv).resolve()), "sha256": file_sha256(oof_csv)},
-                      "test": [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in test_csvs]},
-          "softmax_applied": bool(logits), "columns": cols if columns is not None else "prob_0..prob_17",
-          "test_files": len(test_csvs), "test_ids_from": str(ref_src),
-          "data": {"root": str(data) if ref_src.name == "info.csv" else recorded.get("root"),
-                   "age_cuts": recorded.get("age_cuts")},
-          "folds_fingerprint": meta["folds_fingerprint"], "k": k, "tta": None,
-          "oof_macro_f1": macro_f1(y, pred), "oof_accuracy": float((y == pred).mean()),
-          "versions": {"kf": kfold.__version__}, "finished": True}
+    rj = RunRecord.external(
+        name, who, where, imported_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        sources={"oof": {"path": str(Path(oof_csv).resolve()), "sha256": file_sha256(oof_csv)},
+                 "test": [{"path": str(Path(p).resolve()), "sha256": file_sha256(p)} for p in test_csvs]},
+        softmax_applied=bool(logits), columns=cols if columns is not None else f"prob_0..prob_{N_CLASSES - 1}",
+        test_files=len(test_csvs), test_ids_from=str(ref_src),
+        data={"root": str(data) if ref_src.name == "info.csv" else recorded.get("root"), "age_cuts": recorded.get("age_cuts")},
+        folds_fingerprint=meta["folds_fingerprint"], k=k, oof_macro_f1=macro_f1(y, pred),
+        oof_accuracy=float((y == pred).mean()), versions={"kf": kfold.__version__})
     out.mkdir(exist_ok=True)
-    (out / "run.json").unlink(missing_ok=True)  # while rewriting, the folder is not a finished run
+    run_json_path(out).unlink(missing_ok=True)  # while rewriting, the folder is not a finished run
     write_probs_csv(out / "oof.csv", folds[KEY_COLS].reset_index(drop=True), oof_p)
     write_probs_csv(out / "test.csv", pd.DataFrame({"ImageID": ref_ids}), test_p)
-    write_json(rj, out / "run.json")
-    return rj
-
-
-SPEC = """\
-# Predictions for kf: what to send back
-
-Made by `kf export` from `{oof}` on {date}: K={k} folds, {n_images} train images of
-{n_people} people, {n_test} test images; folds_fingerprint `{fp}`.
-
-## Files here
-
-- `folds.csv`: `image` (path under the competition data folder), `person`, `fold`
-  (0..{k_1}), `label` (0..17), `mask`, `gender`, `age_band`. All images of a person are in
-  one fold. For each fold f, train on the rows with `fold != f` and predict the rows with
-  `fold == f`: those predictions are the OOF. Use these folds, not your own: `kf import`
-  refuses OOF made on other folds (it would leak into stacking and the nested estimate).
-- `classes.csv`: class = mask*6 + gender*3 + age_band (mask: wear 0, incorrect 1, not wear 2;
-  gender: male 0, female 1; age bands cut at {cuts}).
-- `test_ids.csv`: the ImageID of each test image (`eval/images/<ImageID>`), info.csv order.
-{run_line}
-## Send back
-
-- `oof.csv`: one row per folds.csv image, any order: `image`, `fold`, `prob_0`..`prob_17`
-  (`label`, `person` may stay; a label is checked).
-- `test.csv`: one row per ImageID, any order: `ImageID`, `prob_0`..`prob_17`, the mean of
-  your K fold models; or K files, one per fold (kf averages them).
-- Softmax probabilities (rows sum to 1 within 0.001), or logits (import with `--logits`);
-  other column names: `--columns "logit_{{}}"` or 18 names in class order.
-
-```python
-import pandas as pd
-folds, test = pd.read_csv("folds.csv"), pd.read_csv("test_ids.csv")
-P = [f"prob_{{c}}" for c in range(18)]
-oof, tests = [], []
-for f in range(folds.fold.max() + 1):
-    tr, va = folds[folds.fold != f], folds[folds.fold == f]
-    model = fit(tr.image, tr.label)                      # your training code
-    oof.append(va[["image", "fold"]].assign(**dict(zip(P, predict(model, va.image).T))))
-    tests.append(predict(model, "eval/images/" + test.ImageID))   # (n, 18) softmax
-pd.concat(oof).to_csv("oof.csv", index=False)
-test.assign(**dict(zip(P, (sum(tests) / len(tests)).T))).to_csv("test.csv", index=False)
-```
-
-Then, on the kf side: `kf import NAME --oof-csv oof.csv --test-csv test.csv --who ... --where ...`
-and `kf ensemble --runs <runs>,NAME`.
-"""
-
-
-def export_files(oof_dir: str | Path, out: str | Path, data: str | Path | None = None, run: str | None = None,
-                 overwrite: bool = False) -> list[Path]:
-    """Write what a teammate needs to predict on kf's folds into folder ``out``.
-
-    Files: ``folds.csv`` (``image, person, fold, label, mask, gender,
-    age_band``), ``classes.csv`` (``class, mask, gender, age_band, name``),
-    ``test_ids.csv`` (``ImageID`` in info.csv order, when known),
-    with ``run`` also ``<run>_oof.csv`` / ``<run>_test.csv`` (the run's
-    predictions in plain CSV, ``/`` in the name becoming ``_``), and last
-    ``SPEC.md`` (the format and a pandas example). Each file is written
-    atomically; ``out`` is created.
-
-    Args:
-        oof_dir: the ``--oof`` folder.
-        out: destination folder.
-        data: the competition folder (for ``eval/info.csv``).
-        run: a run or ensemble under ``oof_dir`` whose predictions to include.
-        overwrite: replace existing files in ``out`` (refused otherwise, before anything is written).
-
-    Returns:
-        The paths written.
-
-    Raises:
-        KfError: no valid folds; ``run`` fails :func:`ensemble.runs.load_runs`;
-            a file exists in ``out`` and ``overwrite`` is False.
-    """
-    oof_dir, out = Path(oof_dir), Path(out)
-    folds = load_folds(oof_dir)
-    meta = read_json(oof_dir / FOLDS_JSON)
-    ref_ids, ref_src = reference_test_ids(oof_dir, data)
-    mask, gender, band = decode(folds["label"].to_numpy(np.int64))
-    tables = {"folds.csv": folds[KEY_COLS].assign(mask=mask, gender=gender, age_band=band)}
-    cuts = recorded_data(oof_dir).get("age_cuts")
-    classes = np.arange(N_CLASSES)
-    cm, cg, cb = decode(classes)
-    tables["classes.csv"] = pd.DataFrame({"class": classes, "mask": cm, "gender": cg, "age_band": cb,
-                                          "name": class_labels(cuts or DEFAULT_AGE_CUTS)})
-    if ref_src is not None:
-        tables["test_ids.csv"] = pd.DataFrame({"ImageID": ref_ids})
-    probs = {}
-    if run is not None:
-        info = ref_src if ref_src is not None and ref_src.name == "info.csv" else None
-        rs = load_runs(oof_dir, [run], info_csv=info)
-        stem = run.replace("/", "_")
-        probs = {f"{stem}_oof.csv": (rs.keys[KEY_COLS], rs.oof[0]),
-                 f"{stem}_test.csv": (pd.DataFrame({"ImageID": rs.test_ids}), rs.test[0])}
-    if out.exists():  # before anything is written
-        for n in [*tables, *probs, "SPEC.md"]:
-            check_writable(out / n, overwrite=overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for n, table in tables.items():
-        write_csv(table, out / n)
-        paths.append(out / n)
-    for n, (head, p) in probs.items():
-        write_probs_csv(out / n, head.reset_index(drop=True), p)
-        paths.append(out / n)
-    run_line = (f"- `{stem}_oof.csv`, `{stem}_test.csv`: run `{run}`'s predictions in this format.\n" if run else "")
-    text = SPEC.format(oof=oof_dir, date=datetime.now(timezone.utc).date().isoformat(), k=meta.get("k"),
-                       k_1=int(meta.get("k") or 1) - 1, n_images=len(folds), n_people=folds["person"].nunique(),
-                       n_test=len(ref_ids) if ref_src is not None else "(see eval/info.csv)",
-                       fp=meta.get("folds_fingerprint"),
-                       cuts=f"{cuts[0]:g} and {cuts[1]:g}" if cuts else
-                       f"{DEFAULT_AGE_CUTS[0]} and {DEFAULT_AGE_CUTS[1]} (kf's default; no run records its cuts)",
-                       run_line=run_line)
-    with atomic_write(out / "SPEC.md", overwrite=overwrite) as fh:
-        fh.write(text)
-    paths.append(out / "SPEC.md")
-    return paths
+    write_run_json(rj, out)
+    return rj.to_dict()
 
 
 def external_members(run_dir: str | Path) -> list[tuple[str, dict]]:
@@ -495,16 +376,16 @@ def external_members(run_dir: str | Path) -> list[tuple[str, dict]]:
     run for a ``best`` holding a single run).
     """
     run_dir = Path(run_dir)
-    rj = read_json(run_dir / "run.json")
-    if rj.get("kind") == EXTERNAL:
-        return [(run_dir.name, rj)]
-    if rj.get("kind") != "ensemble":
+    rj = read_run_json(run_dir)
+    if rj.kind == EXTERNAL:
+        return [(run_dir.name, rj.to_dict())]
+    if rj.kind != "ensemble":
         return []
     oof_dir = run_dir.parent.parent
-    names = [rj["chosen"]] if rj.get("chosen") and rj.get("chosen_kind") == "run" else list(rj.get("members") or [])
+    names = [rj["chosen"]] if rj.get("chosen") and rj.get("chosen_kind") == "run" else rj.members
     found = []
     for n in names:
-        if (oof_dir / n / "run.json").is_file():
+        if run_json_path(oof_dir / n).is_file():
             found += [(n, m) for _, m in external_members(oof_dir / n)]
     return found
 
@@ -520,6 +401,6 @@ def refuse_external(run_dir: str | Path, action: str, hint: str) -> None:
         return
     name, rj = found[0]
     by = ", ".join(str(v) for v in (rj.get("who"), rj.get("where")) if v)
-    member = "" if read_json(Path(run_dir) / "run.json").get("kind") == EXTERNAL else f"its member {name} "
+    member = "" if read_run_json(run_dir).kind == EXTERNAL else f"its member {name} "
     raise KfError(f"{run_dir}: {member}was imported with kf import (predictions made elsewhere{': ' + by if by else ''}); "
                   f"{action} cannot re-run a model it does not have; {hint}")

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from kfold.io import KfError
+from kfold.io import KfError, ParamError
 
-from .base import Ensembler
+from .base import Ensembler, Scorer, get_scorer, scorer_name
 from .bias import BiasTuning
 from .caruana import CaruanaSelection
 from .stacking import Stacking
@@ -31,35 +31,50 @@ BIAS_SUFFIX = "+bias"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-def make_method(method: str, bias: bool = False, **params: Any) -> Ensembler:
+def check_method(method: str, allow_all: bool = False) -> None:
+    """Raise unless ``method`` is a key of :data:`METHODS` (or ``all`` with ``allow_all``).
+
+    Raises:
+        ParamError: ``method 'x': unknown, expected one of soft, geo, weights, caruana, stacking[ or all]``.
+    """
+    if method not in METHODS and not (allow_all and method == "all"):
+        raise ParamError(f"{{method}} {method!r}: unknown, expected one of {', '.join(METHODS)}"
+                         + (" or all" if allow_all else ""), "method")
+
+
+def make_method(method: str, bias: bool = False, scorer: Scorer | None = None, **params: Any) -> Ensembler:
     """A new, unfitted method by name, wrapped in :class:`BiasTuning` when ``bias``.
 
     Args:
         method: one of ``soft``, ``geo``, ``weights``, ``caruana``, ``stacking``.
         bias: add per-class bias tuning on top.
+        scorer: ``(y_true, y_pred) -> float`` for the methods that fit to a
+            metric (Caruana selection, bias tuning); None for macro F1.
         **params: hyper-parameters of the method (e.g. ``n_iterations=50``).
 
     Raises:
-        KfError: unknown method name.
+        ParamError: unknown method name.
     """
-    if method not in METHODS:
-        raise KfError(f"--method {method!r}: unknown, expected one of {', '.join(METHODS)} or all")
-    est = METHODS[method](**params)
-    return BiasTuning(est) if bias else est
+    check_method(method)
+    cls = METHODS[method]
+    if scorer is not None and "scorer" in cls._get_param_names():
+        params = {**params, "scorer": scorer}
+    est = cls(**params)
+    return BiasTuning(est, scorer=scorer) if bias else est
 
 
 def ensemble_name(base: str, bias: bool) -> str:
     """Output name of a method: ``caruana``, ``caruana+bias`` (``base`` is the method or ``--name``).
 
     Raises:
-        KfError: ``base`` is not a plain file name (letters, digits, ``_ . + -``),
+        ParamError: ``base`` is not a plain file name (letters, digits, ``_ . + -``),
             or is ``best``, the folder ``kf ensemble`` keeps the best-scoring blend in.
     """
     if not _NAME_RE.match(base):
-        raise KfError(f"--name {base!r}: use letters, digits and _ . + - only (it names a file and a folder)")
+        raise ParamError(f"{{name}} {base!r}: use letters, digits and _ . + - only (it names a file and a folder)", "name")
     if base == "best":
-        raise KfError("--name 'best' is reserved: ensemble/best holds the member or blend with the highest nested "
-                      "macro F1 of every call; choose another name")
+        raise ParamError("{name} 'best' is reserved: ensemble/best holds the member or blend with the highest nested "
+                         "macro F1 of every call; choose another name", "name")
     return base + (BIAS_SUFFIX if bias else "")
 
 
@@ -82,7 +97,8 @@ def to_state(est: Ensembler) -> dict[str, Any]:
     """JSON-ready description of a fitted method.
 
     Returns:
-        ``{"method", "bias", "params", "bias_params", "weights", "biases", "fitted"}``:
+        ``{"method", "bias", "params", "bias_params", "weights", "biases", "fitted"}`` (``params`` holds
+        ``scorer`` as ``"module:function"`` only when it is not the default macro F1):
         ``weights`` is the ``(n_runs,)`` blend weights (None for stacking),
         ``biases`` the ``(18,)`` log-probability biases (None without
         ``--bias``), ``fitted`` every other learned attribute (stacking's
@@ -94,12 +110,21 @@ def to_state(est: Ensembler) -> dict[str, Any]:
     return {
         "method": name,
         "bias": bias,
-        "params": _jsonable(base.get_params()),
+        "params": _params(base),
         "bias_params": {"grid": _jsonable(est.grid), "n_passes": est.n_passes} if bias else None,
         "weights": _jsonable(getattr(base, "weights_", None)),
         "biases": _jsonable(est.biases_) if bias else None,
         "fitted": _fitted(base),
     }
+
+
+def _params(est: Ensembler) -> dict[str, Any]:
+    params = _jsonable(est.get_params())
+    if "scorer" in params:
+        name = scorer_name(params.pop("scorer"))
+        if name is not None:
+            params["scorer"] = name
+    return params
 
 
 def from_state(state: dict[str, Any]) -> Ensembler:
@@ -109,7 +134,10 @@ def from_state(state: dict[str, Any]) -> Ensembler:
         KfError: unknown method or missing fields.
     """
     try:
-        base = make_method(state["method"], **state.get("params", {}))
+        params = dict(state.get("params", {}))
+        if params.get("scorer") is not None:
+            params["scorer"] = get_scorer(params["scorer"])
+        base = make_method(state["method"], **params)
         if state.get("weights") is not None:
             base.weights_ = np.asarray(state["weights"], dtype=np.float64)
         for k, v in state.get("fitted", {}).items():

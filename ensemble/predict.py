@@ -13,10 +13,11 @@ import numpy as np
 import pandas as pd
 
 from kfold.io import KfError, read_json
+from kfold.runrecord import read_run_json
+from kfold.stagefiles import write_probs_csv
 
 from .external import refuse_external
 from .methods import from_state
-from .runs import write_probs_csv
 
 
 def ensemble_json_path(run_dir: Path) -> Path:
@@ -47,8 +48,8 @@ def predict_dir(run_dir: str | Path, images_dir: str | Path, tta: str | None = N
     run_dir = Path(run_dir)
     refuse_external(run_dir, "kf predict", "predict these images with the tool that made it and kf import the result, "
                     "or submit the eval set from test.csv (kf submit --from)")
-    rj = read_json(run_dir / "run.json")
-    if rj.get("kind") != "ensemble":
+    rj = read_run_json(run_dir)
+    if rj.kind != "ensemble":
         from kfold.inference import predict_images
 
         ids, probs = predict_images(run_dir, images_dir, tta=tta or rj.get("tta") or "none", batch_size=batch_size)

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kfold.labels import N_CLASSES
-
 from kfold.metrics import f1_from_confusion
+
+from .base import Scorer, get_scorer, is_default_scorer
 
 #: default number of person-level bootstrap resamples
 N_BOOT = 1000
@@ -61,6 +62,36 @@ def bootstrap_macro_f1(y: np.ndarray, preds: np.ndarray, groups: np.ndarray, n_b
     counts = np.stack([np.bincount(d, minlength=n_people) for d in draws]).astype(np.float64)  # (n_boot, n_people)
     cm = np.einsum("bp,opk->obk", counts, per_person.astype(np.float64))
     return f1_from_confusion(cm.reshape(len(preds), n_boot, n_classes, n_classes)).mean(axis=-1)
+
+
+def bootstrap_scores(y: np.ndarray, preds: np.ndarray, groups: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
+                     scorer: Scorer | None = None) -> np.ndarray:
+    """:func:`bootstrap_macro_f1` for any scorer: the same paired person-level resamples (same ``seed``, same draws).
+
+    Macro F1 (``scorer`` None) takes the vectorised path; another scorer is
+    called once per option and resample on the resampled images.
+
+    Args:
+        y, preds, groups, n_boot, seed: as in :func:`bootstrap_macro_f1`.
+        scorer: ``(y_true, y_pred) -> float``; None for macro F1.
+
+    Returns:
+        ``(n_options, n_boot)`` float64 scores.
+    """
+    if is_default_scorer(scorer):
+        return bootstrap_macro_f1(y, preds, groups, n_boot, seed)
+    score = get_scorer(scorer)
+    preds = np.atleast_2d(np.asarray(preds, dtype=np.int64))
+    y = np.asarray(y, dtype=np.int64)
+    _, person = np.unique(np.asarray(groups), return_inverse=True)
+    n_people = int(person.max()) + 1
+    rows_of = [np.flatnonzero(person == p) for p in range(n_people)]
+    draws = np.random.default_rng(seed).integers(0, n_people, size=(n_boot, n_people))
+    out = np.empty((len(preds), n_boot))
+    for b, d in enumerate(draws):
+        idx = np.concatenate([rows_of[p] for p in d])
+        out[:, b] = [score(y[idx], p[idx]) for p in preds]
+    return out
 
 
 @dataclass

@@ -16,9 +16,10 @@ import pandas as pd
 from kfold.folds import HOLDOUT_COLS, HOLDOUT_CSV, folds_fingerprint, holdout_fingerprint
 from kfold.io import write_csv, write_json
 from kfold.labels import N_CLASSES
+from kfold.runrecord import RunRecord, write_run_json
+from kfold.stagefiles import KEY_COLS, write_probs_csv
 
 from .base import softmax
-from .runs import PROB_COLS
 
 #: class frequencies shaped like the competition's (old people and incorrect/normal masks are rare)
 CLASS_WEIGHTS = np.array([5, 4, 0.8, 6, 7, 1.2] * 1, dtype=float)
@@ -104,13 +105,11 @@ def write_synthetic_runs(oof_dir: str | Path, n_people: int = 100, n_runs: int =
         name = f"run{m}"
         d = oof_dir / name
         d.mkdir(exist_ok=True)
-        oof = pd.concat([folds[["image", "person", "fold", "label"]], pd.DataFrame(P[m], columns=PROB_COLS)], axis=1)
-        write_csv(oof, d / "oof.csv", float_format="%.8g")
-        write_csv(pd.concat([pd.DataFrame({"ImageID": ids}), pd.DataFrame(T[m], columns=PROB_COLS)], axis=1),
-                  d / "test.csv", float_format="%.8g")
+        write_probs_csv(d / "oof.csv", folds[KEY_COLS], P[m])
+        write_probs_csv(d / "test.csv", pd.DataFrame({"ImageID": ids}), T[m])
         if n_holdout_people:
-            write_csv(pd.concat([hold, pd.DataFrame(H[m], columns=PROB_COLS)], axis=1), d / HOLDOUT_CSV, float_format="%.8g")
-        write_json({"name": name, "config": {"model": "synthetic", "strength": float(np.atleast_1d(strength)[m])},
-                    "folds_fingerprint": fp, "k": k, "tta": "none", "finished": True}, d / "run.json")
+            write_probs_csv(d / HOLDOUT_CSV, hold[HOLDOUT_COLS], H[m])
+        write_run_json(RunRecord.synthetic(name, {"model": "synthetic", "strength": float(np.atleast_1d(strength)[m])},
+                                           fp, k), d)
         names.append(name)
     return names

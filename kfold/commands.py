@@ -22,7 +22,8 @@ def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[
 @click.option("--eval-people", default=20, show_default=True, help="Eval people (7 images each).")
 @click.option("--size", default="96x128", show_default=True, callback=parse_size, help="Image WIDTHxHEIGHT (competition: 384x512).")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--noise", default=0.0, show_default=True, help="Fraction of people with a flipped gender / swapped normal-incorrect (written to noise.csv).")
+@click.option("--noise", default=0.0, show_default=True,
+              help="Fraction of people with a flipped gender / swapped normal-incorrect (written to noise.csv).")
 @click.option("--quirks/--no-quirks", default=True, show_default=True, help="Mixed formats, junk files, repeated ids, as in the real data.")
 def make_data_cmd(out, people, eval_people, size, seed, noise, quirks):
     """Write a synthetic competition folder OUT (train/, eval/, gt.csv).
@@ -122,8 +123,8 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     """
     from . import tracking
     from .config import load_config, parse_overrides
-    from .io import check_can_write, stage_locks
     from .data import load_data
+    from .io import check_can_write, stage_locks
     from .preflight import check_config
     from .train import train_runs
 
@@ -170,11 +171,12 @@ def combine_cmd(oof, mask_run, gender_run, age_run, name, overwrite):
       kf combine --mask mask_lite0 --gender gender_lite0 --age age_lite0 --name tasks_lite0
     """
     from .heads import combine_task_runs
-    from .io import KfError, read_json
+    from .io import KfError
+    from .runrecord import is_run_dir, read_run_json
 
     out = Path(oof) / name
-    if (out / "run.json").exists():
-        old = read_json(out / "run.json")
+    if is_run_dir(out):
+        old = read_run_json(out)
         if not old.get("combined_from") or not overwrite:
             what = "a combined run" if old.get("combined_from") else "a run that kf combine did not write"
             raise KfError(f"{out}: already holds {what}; choose another --name"

@@ -20,8 +20,13 @@ from typing import Any
 import yaml
 
 from .io import KfError
-from .rules import AUGMENT_DEFAULTS, RULES, TASK_WEIGHT_DEFAULTS, SubkeyError
-from .rules import AUGMENT_RULES  # noqa: F401 - kfold.config is where settings code looks for the tables
+from .rules import (
+    AUGMENT_DEFAULTS,
+    AUGMENT_RULES,  # noqa: F401 - kfold.config is where settings code looks for the tables
+    RULES,
+    TASK_WEIGHT_DEFAULTS,
+    SubkeyError,
+)
 
 # config keys that change how fast, not what is computed (a run resumed with others is the same run)
 RUNTIME_KEYS = ("num_workers", "threads", "device", "eval_batch_size", "track")

@@ -25,6 +25,7 @@ import pandas as pd
 from . import labels as L
 from .images import extensions_text, is_image_name
 from .io import KfError, read_csv
+from .stagefiles import clean_ids
 
 log = logging.getLogger(__name__)
 
@@ -291,3 +292,35 @@ def load_data(root: str | Path, oof_dir: str | Path, age_cuts=(30, 60), correcti
                 "corrections": str(Path(corrections).resolve()) if corrections else None}
     ages = images.set_index("image")["age"].reindex(folds["image"]).to_numpy(np.float32)
     return DataBundle(Path(root), folds, meta, test, settings, load_holdout(oof_dir, meta), ages)
+
+
+def read_info_ids(data: str | Path) -> list[str]:
+    """Read the ImageIDs of ``<data>/eval/info.csv``, in file order.
+
+    Only the CSV is read (the images are not needed to submit or import;
+    ``kf train`` checked them with :func:`read_eval`).
+
+    Returns:
+        list of str, length ``n_images``, stripped, unique, non-empty.
+
+    Raises:
+        KfError: the folder or file is missing, the table is empty or lacks
+            ``ImageID``, an ImageID is empty or appears twice (naming the row).
+    """
+    data = Path(data)
+    if not data.is_dir():
+        raise KfError(f"{data}: data folder not found (pass --data or set KF_DATA)")
+    csv = data / "eval" / "info.csv"
+    df = read_csv(csv, required=["ImageID"], dtype={"ImageID": str}, keep_default_na=False)
+    if df.empty:
+        raise KfError(f"{csv}: no images (empty table)")
+    ids = clean_ids(df["ImageID"])
+    empty = ids == ""
+    if empty.any():
+        raise KfError(f"{csv}: {_row(int(np.flatnonzero(empty)[0]))}: empty ImageID")
+    dup = pd.Series(ids).duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        j = int(np.flatnonzero(ids == ids[i])[0])
+        raise KfError(f"{csv}: {_row(i)}: duplicate ImageID {ids[i]!r} (first at {_row(j)})")
+    return ids.tolist()

@@ -31,7 +31,7 @@ from .device import amp_dtype, configure_torch, epoch_seed, resolve_device, seed
 from .folds import HOLDOUT_COLS
 from .io import KfError, crash_point, read_json, write_csv, write_json
 from .loop import Diverged, check_finite, step_scheduler, train_one_epoch, validate
-from .probs import probs_frame
+from .stagefiles import probs_frame
 
 
 class FoldTrainer:

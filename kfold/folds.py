@@ -175,7 +175,7 @@ def ensure_folds(images: pd.DataFrame, oof_dir: str | Path, k: int = 5, seed: in
     """
     oof_dir = Path(oof_dir)
     oof_dir.mkdir(parents=True, exist_ok=True)
-    csv, meta_path = oof_dir / FOLDS_CSV, oof_dir / FOLDS_JSON
+    csv = oof_dir / FOLDS_CSV
     want = settings_fingerprint(images, k, seed, holdout)
     with stage_lock(csv):  # two kf train/folds at once: the later one reads what the first wrote
         return _ensure_folds(images, oof_dir, k, seed, force, want, holdout)
@@ -255,7 +255,8 @@ def load_folds(oof_dir: str | Path) -> pd.DataFrame:
     folds["fold"], folds["label"] = keys["fold"], keys["label"]
     meta = read_json(oof_dir / FOLDS_JSON)
     if folds_fingerprint(folds) != meta.get("folds_fingerprint"):
-        raise KfError(f"{csv}: content does not match folds_fingerprint in {oof_dir / FOLDS_JSON} (edited or damaged); rerun kf folds --force")
+        raise KfError(f"{csv}: content does not match folds_fingerprint in {oof_dir / FOLDS_JSON} (edited or damaged); "
+                      "rerun kf folds --force")
     return folds
 
 

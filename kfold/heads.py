@@ -361,13 +361,13 @@ def combine_task_runs(runs: dict[str, str | Path], out_dir: str | Path) -> dict:
 
     Raises:
         KfError: a task missing, a member unfinished or trained on other folds,
-            or its files not aligned (see :func:`ensemble.runs.load_runs`).
+            or its files not aligned (see :func:`kfold.runset.load_runs`).
     """
-    from ensemble.runs import load_runs
-
-    from .io import read_json, write_csv, write_json
+    from .io import write_csv
     from .metrics import macro_f1
-    from .probs import probs_frame
+    from .runrecord import RunRecord, read_run_json, write_run_json
+    from .runset import load_runs
+    from .stagefiles import KEY_COLS, probs_frame
 
     if sorted(runs) != sorted(TASKS):
         raise KfError(f"combine: give one run per task ({', '.join(TASKS)}), got {', '.join(sorted(runs)) or 'none'}")
@@ -381,17 +381,14 @@ def combine_task_runs(runs: dict[str, str | Path], out_dir: str | Path) -> dict:
     rs = load_runs(oof_dir, [d.name for d in dirs])
     oof = joint_from_marginals(*(task_marginals(rs.oof[i])[i] for i in range(3)))
     test = joint_from_marginals(*(task_marginals(rs.test[i])[i] for i in range(3)))
-    metas = [read_json(d / "run.json") for d in dirs]
+    metas = [read_run_json(d) for d in dirs]
     y = rs.y
-    keys = rs.keys[["image", "person", "fold", "label"]]
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(probs_frame(keys, oof.astype(np.float32)), out_dir / "oof.csv")
+    write_csv(probs_frame(rs.keys[KEY_COLS], oof.astype(np.float32)), out_dir / "oof.csv")
     write_csv(probs_frame(pd.DataFrame({"ImageID": rs.test_ids}), test.astype(np.float32)), out_dir / "test.csv")
-    meta = {"name": out_dir.name, "kind": "run", "combined_from": {t: d.name for t, d in zip(TASKS, dirs)},
-            "folds_fingerprint": rs.folds_fingerprint, "k": rs.k, "tta": {t: m.get("tta") for t, m in zip(TASKS, metas)},
-            "data": metas[0].get("data"), "folds": {},
-            "oof_macro_f1": macro_f1(y, oof.argmax(1)), "oof_accuracy": float((oof.argmax(1) == y).mean()),
-            "oof_task_accuracy": task_accuracy(oof, y),
-            "seconds": float(sum(m.get("seconds", 0.0) for m in metas)), "finished": True}
-    write_json(meta, out_dir / "run.json")
-    return meta
+    meta = RunRecord.combined(out_dir.name, {t: d.name for t, d in zip(TASKS, dirs)}, rs.folds_fingerprint,
+                              rs.k, {t: m.tta for t, m in zip(TASKS, metas)}, metas[0].get("data"),
+                              macro_f1(y, oof.argmax(1)), float((oof.argmax(1) == y).mean()), task_accuracy(oof, y),
+                              float(sum(m.get("seconds", 0.0) for m in metas)))
+    write_run_json(meta, out_dir)
+    return meta.to_dict()

@@ -17,20 +17,22 @@ from .cache import build_cache
 from .config import TrainConfig, validate
 from .device import amp_dtype, configure_torch, resolve_device, use_channels_last
 from .images import extensions_text, list_images, load_image
-from .io import KfError, read_json, write_csv, write_json
-from .stagefiles import PROB_COLS, read_oof_csv, read_test_csv
+from .io import KfError, write_csv
+from .labels import N_CLASSES
 from .metrics import macro_f1
+from .runrecord import RunRecord, read_run_json, run_json_path, write_run_json
+from .stagefiles import KEY_COLS, probs_frame, read_oof_csv, read_test_csv
 
 
-def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:
-    """Read ``run.json`` and rebuild the run's :class:`TrainConfig`.
+def load_run(run_dir: str | Path) -> tuple[RunRecord, TrainConfig]:
+    """Read ``run.json`` (:class:`kfold.runrecord.RunRecord`) and rebuild the run's :class:`TrainConfig`.
 
     Raises:
         KfError: not a run folder, or the run has no checkpoints.
     """
     run_dir = Path(run_dir)
-    meta = read_json(run_dir / "run.json")
-    if meta.get("kind", "run") != "run":
+    meta = read_run_json(run_dir)
+    if meta.kind != "run":
         what = "an imported run (kind external)" if meta.get("kind") == "external" else "an ensemble"
         raise KfError(f"{run_dir}: is {what}, not a run with checkpoints")
     if meta.get("combined_from"):
@@ -41,8 +43,8 @@ def load_run(run_dir: str | Path) -> tuple[dict, TrainConfig]:
     config = meta.get("config") or {}
     unknown = [k for k in config if k not in VALID_KEYS]
     if unknown:
-        raise KfError(f"{run_dir / 'run.json'}: config key {unknown[0]!r} is unknown to this kf version; retrain or upgrade kf")
-    cfg = validate(TrainConfig(**config), str(run_dir / "run.json"))
+        raise KfError(f"{run_json_path(run_dir)}: config key {unknown[0]!r} is unknown to this kf version; retrain or upgrade kf")
+    cfg = validate(TrainConfig(**config), str(run_json_path(run_dir)))
     return meta, cfg
 
 
@@ -93,7 +95,7 @@ def predict_images(run_dir: str | Path, images_dir: str | Path, tta: str | None 
     Raises:
         KfError: not a run, no images, or an unreadable image.
     """
-    combined = read_json(Path(run_dir) / "run.json").get("combined_from")
+    combined = read_run_json(run_dir).get("combined_from")
     if combined:
         return _predict_combined(run_dir, combined, images_dir, tta, batch_size)
     meta, cfg = load_run(run_dir)
@@ -116,7 +118,7 @@ def _predict_combined(run_dir, combined: dict, images_dir, tta, batch_size) -> t
     """``kf combine``'s run on a folder of images: each member run's task marginal, multiplied (kfold.heads)."""
     from .heads import TASKS, joint_from_marginals, task_marginals
 
-    own = read_json(Path(run_dir) / "run.json").get("tta") or {}
+    own = read_run_json(run_dir).tta or {}
     parts = [predict_images(Path(run_dir).parent / combined[t], images_dir, tta if isinstance(tta, str) else own.get(t),
                             batch_size) for t in TASKS]
     probs = joint_from_marginals(*(task_marginals(p)[i] for i, (_, p) in enumerate(parts)))
@@ -132,7 +134,7 @@ def repredict_run(run_dir: str | Path, data_root: str | Path, tta: str, out_dir:
     run. Each OOF row is predicted by its own fold's model, as in training.
 
     Returns:
-        The new ``run.json`` content.
+        The new ``run.json`` content (:meth:`kfold.runrecord.RunRecord.repredicted`).
 
     Raises:
         KfError: the run is unfinished or its checkpoints are missing.
@@ -150,7 +152,7 @@ def repredict_run(run_dir: str | Path, data_root: str | Path, tta: str, out_dir:
     cache_dir = run_dir.parent / "cache"
     train_cache = build_cache([root / p for p in oof["image"]], size, cache_dir)
     test_cache = build_cache([root / "eval" / "images" / i for i in test["ImageID"]], size, cache_dir)
-    oof_p = np.zeros((len(oof), 18), dtype=np.float32)
+    oof_p = np.zeros((len(oof), N_CLASSES), dtype=np.float32)
     test_p = []
     for f, model in fold_models(run_dir, cfg, device):
         rows = np.flatnonzero(oof["fold"].to_numpy() == f)
@@ -158,12 +160,8 @@ def repredict_run(run_dir: str | Path, data_root: str | Path, tta: str, out_dir:
         test_p.append(_predict(model, test_cache, cfg, device, tta))
         echo(f"  {meta['name']} fold {f}: re-predicted with TTA {tta}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    new_oof = pd.concat([oof[["image", "person", "fold", "label"]], pd.DataFrame(oof_p, columns=PROB_COLS)], axis=1)
-    new_test = pd.concat([test, pd.DataFrame(np.mean(test_p, axis=0), columns=PROB_COLS)], axis=1)
-    write_csv(new_oof, out_dir / "oof.csv")
-    write_csv(new_test, out_dir / "test.csv")
-    new_meta = {**meta, "name": out_dir.name, "tta": tta, "source_run": meta["name"], "folds": {},
-                "oof_macro_f1": macro_f1(oof["label"].to_numpy(), oof_p.argmax(1)), "finished": True}
-    new_meta["config"] = {**meta["config"], "tta": tta}
-    write_json(new_meta, out_dir / "run.json")
-    return new_meta
+    write_csv(probs_frame(oof[KEY_COLS], oof_p), out_dir / "oof.csv")
+    write_csv(probs_frame(test, np.mean(test_p, axis=0)), out_dir / "test.csv")
+    new_meta = RunRecord.repredicted(meta, out_dir.name, tta, macro_f1(oof["label"].to_numpy(), oof_p.argmax(1)))
+    write_run_json(new_meta, out_dir)
+    return new_meta.to_dict()

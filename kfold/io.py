@@ -75,6 +75,34 @@ class KfError(Exception):
     """
 
 
+class ParamError(KfError):
+    """A :class:`KfError` about a function's parameter, worded with the parameter's name.
+
+    ``template`` holds ``{<param>}`` for each parameter it names; the library
+    message shows the bare name (``method 'x': unknown``), and a command line
+    renders it with its flags (:meth:`for_flags`: ``--method 'x': unknown``).
+
+    Args:
+        template: the message, e.g. ``"{method} 'x': unknown, expected one of soft, geo"``.
+        params: the parameter names ``template`` refers to.
+    """
+
+    def __init__(self, template: str, *params: str):
+        self.template, self.params = template, params
+        super().__init__(self.render({}))
+
+    def render(self, flags: dict[str, str]) -> str:
+        """The message with each ``{param}`` replaced by ``flags[param]``, or by the bare name."""
+        out = self.template
+        for p in self.params:
+            out = out.replace("{" + p + "}", flags.get(p, p))
+        return out
+
+    def for_flags(self, flags: dict[str, str]) -> KfError:
+        """A plain :class:`KfError` worded for a command line (``flags``: parameter -> ``--flag``)."""
+        return KfError(self.render(flags))
+
+
 #: a temporary file of :func:`atomic_write`: ``.<name or its start>.<host tag>-<pid>-<random>.tmp``
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-z]{6}\.tmp$")
 #: the image cache's older temporaries (kf <= 0.1): ``.<name>.<pid>.tmp``

@@ -1,10 +1,14 @@
 """Options shared by every kf command (``--data``, ``--oof``) and data-label settings."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from typing import Iterator
 
 import click
+
+from .io import ParamError
 
 data_option = click.option(
     "--data", "data", type=click.Path(file_okay=False), default=lambda: os.environ.get("KF_DATA", "data"),
@@ -50,3 +54,16 @@ track_option = click.option(
     "--track/--no-track", "track", default=None,
     help="Log to MLflow (MLFLOW_TRACKING_URI, else MLflow's local default; pip install -e '.[track]'; "
          "docs/tracking.md). Default: KF_TRACK=1 (kf train: also a config's track: true).")
+
+
+@contextlib.contextmanager
+def flag_errors(**flags: str) -> Iterator[None]:
+    """Reword a library's :class:`kfold.io.ParamError` with the command's flags (``method="--method"``).
+
+    Library functions name their parameters in errors (``method 'x': unknown``);
+    inside this block the same error reads ``--method 'x': unknown``.
+    """
+    try:
+        yield
+    except ParamError as e:
+        raise e.for_flags(flags) from None

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import KfError, read_csv, read_json, write_csv
+from .io import KfError, read_csv, write_csv
+from .runrecord import is_run_dir, read_run_json, resolve_run_dir
+from .stagefiles import read_test_csv
 
 PSEUDO_FILE = "pseudo.csv"
 PSEUDO_COLS = ["fold", "ImageID", "label", "confidence"]
@@ -41,10 +43,8 @@ PSEUDO_COLS = ["fold", "ImageID", "label", "confidence"]
 
 def _source_dir(spec: str, oof_dir: Path) -> Path:
     """The run or ensemble folder ``spec`` names: a folder with run.json (also ``<oof>/<spec>``), or its test.csv."""
-    from ensemble.runs import resolve_run_dir
-
     p = Path(spec)
-    if p.name == "test.csv" and p.is_file() and (p.parent / "run.json").is_file():
+    if p.name == "test.csv" and p.is_file() and is_run_dir(p.parent):
         return p.parent
     try:
         return resolve_run_dir(spec, oof_dir)
@@ -54,8 +54,6 @@ def _source_dir(spec: str, oof_dir: Path) -> Path:
 
 def _test_probs(path: Path, test_ids: np.ndarray) -> np.ndarray:
     """``(n_test, 18)`` probabilities of ``path`` in ``test_ids`` order; KfError naming a missing ImageID."""
-    from .stagefiles import read_test_csv
-
     ids, probs = read_test_csv(path)
     where = pd.Series(np.arange(len(ids)), index=ids)
     missing = [i for i in test_ids if i not in where.index]
@@ -85,11 +83,11 @@ def select_pseudo(spec: str, threshold: float, test_ids: np.ndarray, k: int, fol
         KfError: no such run/ensemble, unfinished, or its test.csv is bad or for another test set.
     """
     src = _source_dir(spec, Path(oof_dir))
-    meta = read_json(src / "run.json")
-    if meta.get("finished") is not True:
+    meta = read_run_json(src)
+    if not meta.finished:
         raise KfError(f"{src / 'run.json'}: pseudo-label source is not finished (no final test.csv yet)")
     fold_files = [src / f"fold{f}" / "test.csv" for f in range(k)]
-    per_fold = meta.get("folds_fingerprint") == folds_fingerprint and all(p.is_file() for p in fold_files)
+    per_fold = meta.folds_fingerprint == folds_fingerprint and all(p.is_file() for p in fold_files)
     parts = []
     for f in range(k):
         probs = _test_probs(fold_files[f] if per_fold else src / "test.csv", test_ids)

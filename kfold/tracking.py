@@ -49,9 +49,21 @@ import numpy as np
 import pandas as pd
 
 from .config import RUNTIME_KEYS
-from .io import KfError, read_json
-from .tracking_client import (absolute_uri, experiment_id, experiment_name, flatten, git_commit, log_batch,
-                              mlflow_client, quote, run_key, search_first, strings)
+from .io import KfError
+from .runrecord import is_run_dir, read_run_json
+from .tracking_client import (
+    absolute_uri,
+    experiment_id,
+    experiment_name,
+    flatten,
+    git_commit,
+    log_batch,
+    mlflow_client,
+    quote,
+    run_key,
+    search_first,
+    strings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +184,7 @@ def _parent(client, cfg, run_dir: Path, data=None) -> str:
         from . import __version__
         from .device import versions  # torch: only when a parent run is created
 
-        meta = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+        meta = read_run_json(run_dir) if is_run_dir(run_dir) else {}
         tags = {"kf.run_key": key, "kf.kind": "run", "kf.run_dir": str(run_dir.resolve()), "kf.run_name": cfg.name,
                 "kf.folds_fingerprint": meta.get("folds_fingerprint", ""), "kf.k": meta.get("k", ""),
                 "mlflow.user": getpass.getuser(), "mlflow.source.name": "kf train", "kf.version": __version__}
@@ -308,8 +320,8 @@ def _linked_run(client, exp_id: str, folder: Path) -> str | None:
                                       f"tags.`kf.outputs` LIKE {quote('%,' + folder.name + ',%')}", newest=True)
     else:
         run = search_first(client, exp_id, f"tags.`kf.run_dir` = {quote(folder)}", newest=True)
-        if run is None and (folder / "run.json").exists():  # a re-predicted copy (<run>@<tta>) links to its source
-            src = read_json(folder / "run.json").get("source_run")
+        if run is None and is_run_dir(folder):  # a re-predicted copy (<run>@<tta>) links to its source
+            src = read_run_json(folder).get("source_run")
             if src and src != folder.name:
                 return _linked_run(client, exp_id, folder.parent / src)
     return run.info.run_id if run else None

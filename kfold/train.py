@@ -38,12 +38,12 @@ from .executors import Job, require_ray, run_jobs_on_ray
 from .fold import RunSpec, fold_job, run_fold
 from .folds import HOLDOUT_COLS
 from .heads import task_accuracy, train_cuts
-from .io import KfError, atomic_write, read_json, write_csv, write_json
+from .io import KfError, atomic_write, read_json, write_csv
 from .metrics import macro_f1
 from .preflight import preflight
-from .probs import probs_frame
 from .pseudo import PSEUDO_FILE, select_pseudo, write_pseudo
-from .stagefiles import PROB_COLS
+from .runrecord import RunRecord, read_run_json, run_json_path, write_run_json
+from .stagefiles import PROB_COLS, probs_frame
 
 
 def _comparable(cfg: dict) -> dict:
@@ -62,10 +62,10 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) 
             other folds and ``force`` is False.
     """
     run_dir = oof_dir / cfg.name
-    meta_path = run_dir / "run.json"
+    meta_path = run_json_path(run_dir)
     started = any(run_dir.glob("fold*/*.pt")) or any(run_dir.glob("fold*/result.json"))
     if meta_path.exists() and not force and started:
-        old = read_json(meta_path)
+        old = read_run_json(run_dir)
         if old.get("folds_fingerprint") != data.folds_meta["folds_fingerprint"]:
             raise KfError(f"{meta_path}: trained on other folds; use --force to retrain or another run name")
         # keys added to TrainConfig after the old run was made count as their defaults
@@ -79,10 +79,9 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) 
         shutil.rmtree(run_dir)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json({"name": cfg.name, "kind": "run", "config": cfg.to_dict(), "data": data.data_settings,
-                "folds_fingerprint": data.folds_meta["folds_fingerprint"], "k": data.folds_meta["k"], "tta": cfg.tta,
-                "train_age_cuts": train_cuts(cfg, data.data_settings["age_cuts"]),
-                "versions": versions(), "folds": {}, "finished": False}, meta_path)
+    write_run_json(RunRecord.trained(cfg.name, cfg.to_dict(), data.data_settings, data.folds_meta["folds_fingerprint"],
+                                     data.folds_meta["k"], cfg.tta, train_cuts(cfg, data.data_settings["age_cuts"]),
+                                     versions()), run_dir)
     with atomic_write(run_dir / "config.yaml") as fh:
         fh.write(dump_config(cfg))
     return run_dir
@@ -94,7 +93,7 @@ def assemble_run(cfg: TrainConfig, run_dir: Path, data: DataBundle) -> dict:
     Returns:
         run.json content (``finished`` tells whether oof.csv/test.csv exist).
     """
-    meta = read_json(run_dir / "run.json")
+    meta = read_run_json(run_dir)
     k = data.folds_meta["k"]
     done = {f: read_json(run_dir / f"fold{f}" / "result.json") for f in range(k) if (run_dir / f"fold{f}" / "result.json").exists()}
     meta["folds"] = {str(f): r for f, r in done.items()}
@@ -116,8 +115,8 @@ def assemble_run(cfg: TrainConfig, run_dir: Path, data: DataBundle) -> dict:
         meta["oof_task_accuracy"] = task_accuracy(oof[PROB_COLS].to_numpy(), oof["label"].to_numpy())
         meta["seconds"] = float(sum(r["seconds"] for r in done.values()))
         meta["finished"] = True
-    write_json(meta, run_dir / "run.json")
-    return meta
+    write_run_json(meta, run_dir)
+    return meta.to_dict()
 
 
 def pseudo_selections(cfgs: list[TrainConfig], data: DataBundle, oof_dir: Path) -> dict[str, tuple]:
@@ -132,11 +131,11 @@ def record_pseudo(run_dir: Path, rows: pd.DataFrame, info: dict, echo: Callable[
     A run resumed with the same settings keeps its snapshot (run.json has
     ``pseudo`` already), so its folds train on the rows they started with.
     """
-    meta = read_json(run_dir / "run.json")
+    meta = read_run_json(run_dir)
     if "pseudo" not in meta or not (run_dir / PSEUDO_FILE).is_file():
         write_pseudo(rows, run_dir)
         meta["pseudo"] = info
-        write_json(meta, run_dir / "run.json")
+        write_run_json(meta, run_dir)
     info = meta["pseudo"]
     counts = ", ".join(f"fold {f}: {n}" for f, n in info["count"].items())
     echo(f"{run_dir.name}: pseudo-labels from {info['source']} (top probability >= {info['threshold']:g}, "

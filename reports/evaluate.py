@@ -34,9 +34,10 @@ import numpy as np
 import pandas as pd
 
 from kfold import labels as L
-from kfold.io import KfError, read_csv, read_json
+from kfold.io import KfError, read_csv
 from kfold.labels import band_names, class_labels
 from kfold.metrics import accuracy, confusion_matrix, f1_per_class, macro_f1
+from kfold.runrecord import finished_names, is_run_dir, read_run_json, resolve_run_dir
 from kfold.stagefiles import read_oof_csv
 
 #: folders under ``--oof`` that are never runs
@@ -62,17 +63,7 @@ def find_reports(oof_dir: str | Path) -> list[str]:
     oof_dir = Path(oof_dir)
     if not oof_dir.is_dir():
         raise KfError(f"{oof_dir}: folder not found (pass --oof, or train runs with kf train first)")
-    names = []
-    for d in sorted(oof_dir.iterdir()):
-        if d.is_dir() and d.name not in NOT_RUNS and not d.name.startswith(".") and (d / "run.json").is_file():
-            if read_json(d / "run.json").get("finished") is True:
-                names.append(d.name)
-    ens = oof_dir / "ensemble"
-    if ens.is_dir():
-        for d in sorted(ens.iterdir()):
-            if d.is_dir() and (d / "run.json").is_file() and read_json(d / "run.json").get("finished") is True:
-                names.append(f"ensemble/{d.name}")
-    return names
+    return finished_names(oof_dir)
 
 
 def resolve(name: str, oof_dir: str | Path) -> Path:
@@ -81,13 +72,7 @@ def resolve(name: str, oof_dir: str | Path) -> Path:
     Raises:
         KfError: neither holds a ``run.json`` (the message lists what ``--oof`` holds).
     """
-    oof_dir = Path(oof_dir)
-    for d in (oof_dir / name, Path(name)):
-        if (d / "run.json").is_file():
-            return d
-    have = ", ".join(find_reports(oof_dir)) if oof_dir.is_dir() else f"{oof_dir} not found"
-    raise KfError(f"{name}: not a run or ensemble under {oof_dir} (no {oof_dir / name / 'run.json'}; "
-                  f"finished there: {have or 'none'})")
+    return resolve_run_dir(name, oof_dir)
 
 
 def read_oof(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
@@ -220,8 +205,8 @@ def _age_cuts(rj: dict, oof_dir: Path) -> tuple[float, float]:
     cuts = (rj.get("data") or {}).get("age_cuts")
     if not cuts and rj.get("members"):
         member = oof_dir / rj["members"][0]
-        if (member / "run.json").is_file():
-            cuts = (read_json(member / "run.json").get("data") or {}).get("age_cuts")
+        if is_run_dir(member):
+            cuts = (read_run_json(member).get("data") or {}).get("age_cuts")
     return (float(cuts[0]), float(cuts[1])) if cuts else tuple(float(c) for c in L.DEFAULT_AGE_CUTS)
 
 
@@ -285,7 +270,7 @@ def evaluate(name: str, oof_dir: str | Path) -> RunReport:
     """
     oof_dir = Path(oof_dir)
     d = resolve(name, oof_dir)
-    rj = read_json(d / "run.json")
+    rj = read_run_json(d)
     if rj.get("finished") is not True:
         raise KfError(f"{d / 'run.json'}: {name} is not finished (its oof.csv comes when every fold is done)")
     if not (d / "oof.csv").is_file():

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from kfold.io import KfError, atomic_write, read_json, write_csv
+from kfold.io import KfError, atomic_write, write_csv
+from kfold.runrecord import is_run_dir, read_run_json
 
 from .evaluate import RunReport, evaluate, find_reports
 from .page import html_page, png_tag, save_png, table_html
@@ -29,9 +30,9 @@ def default_data_root(oof_dir: str | Path, reports: list[RunReport]) -> Path | N
     dirs = [r.dir for r in reports if r.kind == "run"]
     oof_dir = Path(oof_dir)
     if oof_dir.is_dir():
-        dirs += [d for d in sorted(oof_dir.iterdir()) if (d / "run.json").is_file()]
+        dirs += [d for d in sorted(oof_dir.iterdir()) if is_run_dir(d)]
     for d in dirs:
-        root = (read_json(d / "run.json").get("data") or {}).get("root")
+        root = (read_run_json(d).get("data") or {}).get("root")
         if root and Path(root).is_dir():
             return Path(root)
     return None

@@ -34,11 +34,12 @@ from scipy.optimize import brentq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ensemble.base import log_proba, softmax  # noqa: E402
-from kfold.metrics import macro_f1  # noqa: E402
-from ensemble.pipeline import fit_method  # noqa: E402
-from ensemble.runs import PROB_COLS, load_runs  # noqa: E402
-from ensemble.selection import bootstrap_macro_f1  # noqa: E402
 from ensemble.methods import METHODS  # noqa: E402
+from ensemble.pipeline import fit_method  # noqa: E402
+from ensemble.selection import bootstrap_macro_f1  # noqa: E402
+from kfold.metrics import macro_f1  # noqa: E402
+from kfold.runset import load_runs  # noqa: E402
+from kfold.stagefiles import PROB_COLS  # noqa: E402
 
 
 def fold_probs(run_dir: Path, k: int, name: str) -> np.ndarray:

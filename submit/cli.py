@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from kfold.io import KfError, check_writable
-from kfold.options import data_option, oof_option, track_option
+from kfold.options import data_option, flag_errors, oof_option, track_option
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -39,16 +39,16 @@ def submit_cmd(source, out, data, oof, overwrite, compare, ground_truth, track):
       kf submit --data data --from ensemble/caruana --out submissions/caruana.csv
       kf submit --data data --from lite0 --out sub.csv --compare submissions/caruana.csv --ground-truth data/gt.csv
     """
-    from .submission import make_submission, read_answers, read_info_ids, read_test_probs, resolve_source, write_submission
-    from .summary import (class_distribution, compare_answers, format_changes, format_distribution, format_score,
-                          score, train_labels)
-
     from kfold import tracking
+
+    from .submission import make_submission, read_answers, read_info_ids, read_test_probs, resolve_source, write_submission
+    from .summary import class_distribution, compare_answers, format_changes, format_distribution, format_score, score, train_labels
 
     track = tracking.wanted(track)
     out = Path(out)
     check_writable(out, overwrite=overwrite)
-    src = resolve_source(source, oof)
+    with flag_errors(source="--from", oof_dir="--oof"):
+        src = resolve_source(source, oof)
     info_ids = read_info_ids(data)
     for inp in (src, Path(data) / "eval" / "info.csv", *(Path(p) for p in (ground_truth,) if p)):
         if _same_file(out, inp):

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfold.io import KfError
 from kfold import labels as L
+from kfold.io import KfError
 from kfold.labels import N_CLASSES, class_names
 
 

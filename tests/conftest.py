@@ -13,8 +13,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pytest
 
-from kfold.synth import make_data
 from kfold.device import forced_threads
+from kfold.synth import make_data
 
 if forced_threads():
     import torch

@@ -12,15 +12,29 @@ from click.testing import CliRunner
 from sklearn.base import clone
 from sklearn.metrics import f1_score
 
-from ensemble import (BiasTuning, CaruanaSelection, GeometricMean, OptimizedWeights, SoftVoting, Stacking, from_state,
-                      load_runs, macro_f1, macro_f1_batch, make_method, nested_estimate, nested_fits, to_state,
-                      tune_biases)
+from ensemble import (
+    BiasTuning,
+    CaruanaSelection,
+    GeometricMean,
+    OptimizedWeights,
+    SoftVoting,
+    Stacking,
+    from_state,
+    load_runs,
+    macro_f1,
+    macro_f1_batch,
+    make_method,
+    nested_estimate,
+    nested_fits,
+    to_state,
+    tune_biases,
+)
 from ensemble.base import Ensembler, log_proba
 from ensemble.bias import class_bias_scores
-from ensemble.runs import PROB_COLS
 from ensemble.synth import synthetic_labels, synthetic_probs, write_synthetic_runs
 from kf.cli import main
 from kfold.io import KfError
+from kfold.stagefiles import PROB_COLS
 
 ALL_METHODS = ["soft", "geo", "weights", "caruana", "stacking"]
 

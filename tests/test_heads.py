@@ -10,20 +10,29 @@ import timm
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from test_train import check_predict_reproduces_test_csv, check_resume, tiny_config
 
+from kf.cli import main
 from kfold import labels as L
 from kfold import metrics
-from kfold import train
-from kf.cli import main
 from kfold.config import TrainConfig, validate
-from kfold.heads import (TASKS, TaskLoss, TaskModel, age_band_log_probs, build_task_loss, joint_from_marginals,
-                         joint_log_probs, task_accuracy, task_marginals, training_targets)
-from kfold.io import KfError
 from kfold.data import load_data
+from kfold.heads import (
+    TASKS,
+    TaskLoss,
+    TaskModel,
+    age_band_log_probs,
+    build_task_loss,
+    joint_from_marginals,
+    joint_log_probs,
+    task_accuracy,
+    task_marginals,
+    training_targets,
+)
+from kfold.io import KfError
 from kfold.stagefiles import PROB_COLS
 from kfold.train import train_runs
 from kfold.tta import tta_compose, tta_probs
-from test_train import check_predict_reproduces_test_csv, check_resume, tiny_config
 
 CUTS = torch.tensor([30.0, 60.0])
 
@@ -229,7 +238,7 @@ def test_a_task_head_run_records_both_age_cuts_and_task_accuracy_and_predicts_fr
 
 
 def test_kf_combine_joins_three_single_task_runs_into_a_run_that_kf_ensemble_and_kf_predict_read(task_runs, tiny_data):
-    from ensemble.runs import load_runs
+    from kfold.runset import load_runs
 
     oof_dir, data, metas = task_runs
     args = ["combine", "--oof", str(oof_dir), "--mask", "mask", "--gender", "gender", "--age", "age", "--name", "combo"]

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from ensemble import load_runs
 from ensemble.external import match_keys, parse_columns
-from ensemble.runs import PROB_COLS, write_probs_csv
 from ensemble.synth import synthetic_probs
 from kf.cli import main
 from kfold.io import KfError, write_json
+from kfold.stagefiles import PROB_COLS, write_probs_csv
 
 K = 5
 

@@ -7,7 +7,6 @@ against a timer.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys

@@ -25,10 +25,10 @@ from click.testing import CliRunner
 
 from kf.cli import main
 from kfold.config import load_config
-from kfold.ray_nodes import task_resources
-from kfold.io import KfError
 from kfold.data import load_data
 from kfold.device import forced_threads
+from kfold.io import KfError
+from kfold.ray_nodes import task_resources
 from kfold.stagefiles import PROB_COLS
 from kfold.train import run_on_ray
 
@@ -93,7 +93,7 @@ def local(tiny_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_instance():
     ray = pytest.importorskip("ray", reason="Ray is not installed; pip install -e '.[ray]' to test --executor ray")
-    import ray.cloudpickle
+    import ray.cloudpickle  # noqa: F811  (loads the submodule)
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # FlakyThreads travels to the workers
     ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False, logging_level="WARNING")

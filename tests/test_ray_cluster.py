@@ -28,8 +28,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from kfold.ray_nodes import _fits, _sees_storage, node_wait_s
 from kfold.io import KfError
+from kfold.ray_nodes import _fits, _sees_storage, node_wait_s
 from kfold.stagefiles import PROB_COLS
 
 pytestmark = pytest.mark.ray_cluster

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_bad_inputs import CONFIG, ENSEMBLE, FOLDS, N_PEOPLE, WS, RunsCode, fill, invoke, write_fake_run
 
 from kfold.io import KfError, atomic_write, read_json, write_json
-from test_bad_inputs import CONFIG, ENSEMBLE, FOLDS, N_PEOPLE, WS, RunsCode, fill, invoke, write_fake_run
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("kfold", "ensemble", "submit")

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import re
 import shutil
@@ -25,13 +24,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-
-from kfold import config as kconfig
-from kf.cli import main
-from kfold.config import RULES, TrainConfig, load_config, parse_overrides
-from kfold.io import KfError, read_json
-
 from test_bad_inputs import CONFIG  # the same tiny config
+
+from kf.cli import main
+from kfold import config as kconfig
+from kfold.config import RULES, TrainConfig, load_config, parse_overrides
+from kfold.io import read_json
+
 N_PEOPLE = 7
 
 
@@ -414,16 +413,16 @@ def test_kf_folds_fills_the_empty_fold_and_records_the_move(six, tmp_path, caplo
     assert [f"warning: {m.getMessage()}" for m in caplog.records if m.name == "kfold.folds"] == [
         f"warning: StratifiedGroupKFold left fold 2 empty; moved person '{moves[0]['person']}' there from fold "
         f"{moves[0]['from_fold']} (recorded as repaired in folds.json)"]
-    r2 = invoke("folds", "--data", str(six), "--oof", str(tmp_path / "oof2"))
+    invoke("folds", "--data", str(six), "--oof", str(tmp_path / "oof2"))
     assert (tmp_path / "oof2" / "folds.csv").read_bytes() == (oof / "folds.csv").read_bytes()  # deterministic
 
 
 @pytest.mark.parametrize("seed", range(12))
 def test_no_seed_leaves_a_fold_empty_and_a_split_without_one_is_untouched(six, seed):
+    from sklearn.model_selection import StratifiedGroupKFold
+
     from kfold.data import read_train
     from kfold.folds import make_folds
-
-    from sklearn.model_selection import StratifiedGroupKFold
 
     images, _ = read_train(six)
     strat = (images["gender"] * 3 + images["age_band"]).to_numpy()

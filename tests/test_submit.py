@@ -14,8 +14,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from kf.cli import main
 from kfold.io import KfError
 from kfold.labels import N_CLASSES
-from submit import (compare_answers, make_submission, read_info_ids, score, validate_submission,
-                    write_submission)
+from submit import compare_answers, make_submission, read_info_ids, score, validate_submission, write_submission
 
 PROBS = [f"prob_{c}" for c in range(N_CLASSES)]
 

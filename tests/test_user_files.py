@@ -272,8 +272,8 @@ def _as_floats(path: Path, col: str, value=None, row: int | None = None) -> None
 
 
 def test_a_fold_column_written_as_floats_reads_as_integers_in_every_reader(synth, tmp_path):
-    from ensemble.runs import load_runs
     from kfold.folds import load_folds
+    from kfold.runset import load_runs
     from reports.evaluate import read_oof
 
     want = load_runs(synth, ["run0", "run1"])
@@ -419,8 +419,8 @@ def test_kf_predict_and_kf_train_check_they_can_write_before_computing(tmp_path,
 def test_two_concurrent_ensemble_calls_behave_as_if_serialised_and_best_holds_one_candidate(synth, monkeypatch):
     """A hook between best's check and its writes: without the lock the second call checks while the first waits."""
     import ensemble.pipeline as P
-    from ensemble.runs import read_oof_csv
     from kfold.io import read_json
+    from kfold.stagefiles import read_oof_csv
 
     real = P.previous_best
     events: list[str] = []

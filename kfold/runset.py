@@ -1,4 +1,4 @@
-"""Load runs (``oof/<run>/{oof.csv,test.csv,run.json}``) for ensembling, validated at the boundary.
+"""Load several runs (``oof/<run>/{oof.csv,test.csv,run.json}``) aligned for ensembling or combining, validated at the boundary.
 
 Everything a method needs is checked here once, so the methods can trust
 their arrays: every run was trained on the folds in ``oof/folds.json``
@@ -17,7 +17,6 @@ OOF row and no longer are held-out predictions.
 """
 from __future__ import annotations
 
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,14 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfold.folds import FOLDS_CSV, FOLDS_JSON, folds_fingerprint, load_folds, load_holdout
-from kfold.io import KfError, atomic_write, read_csv, read_json
-from kfold.stagefiles import KEY_COLS, PROB_COLS, _row, _val, read_holdout_csv, read_oof_csv, read_test_csv
+from .folds import FOLDS_CSV, FOLDS_JSON, folds_fingerprint, load_folds, load_holdout
+from .io import KfError, ParamError, read_csv, read_json
+from .runrecord import discover_runs, read_run_json, resolve_run_dir
+from .stagefiles import KEY_COLS, _row, _val, read_holdout_csv, read_oof_csv, read_test_csv
 
 log = logging.getLogger(__name__)
-
-#: folders under ``oof/`` that are never runs
-NOT_RUNS = ("ensemble", "cache", "report", "eda")
 
 
 @dataclass
@@ -90,47 +87,6 @@ class RunSet:
         return self.keys["fold"].to_numpy(np.int64)
 
 
-def discover_runs(oof_dir: str | Path) -> tuple[list[str], list[str]]:
-    """Names of the finished and of the unfinished runs directly under ``oof_dir``.
-
-    A run is a folder with a ``run.json``; ``ensemble/``, ``cache/`` and hidden
-    folders are skipped, and so are re-predictions of a run with another TTA
-    (``<run>@<tta>``, whose run.json has ``source_run``): name them to use
-    them. Names are sorted.
-
-    Raises:
-        KfError: ``oof_dir`` does not exist or a ``run.json`` is unreadable.
-    """
-    oof_dir = Path(oof_dir)
-    if not oof_dir.is_dir():
-        raise KfError(f"{oof_dir}: folder not found (pass --oof, or train runs with kf train first)")
-    finished, unfinished = [], []
-    for d in sorted(oof_dir.iterdir()):
-        if not d.is_dir() or d.name in NOT_RUNS or d.name.startswith(".") or not (d / "run.json").is_file():
-            continue
-        meta = read_json(d / "run.json")
-        if meta.get("source_run"):
-            continue
-        (finished if meta.get("finished") is True else unfinished).append(d.name)
-    return finished, unfinished
-
-
-def resolve_run_dir(name: str, oof_dir: str | Path) -> Path:
-    """Folder of run or ensemble ``name``: ``oof_dir/name`` or, failing that, ``name`` as a path.
-
-    Raises:
-        KfError: neither is a folder with a ``run.json``.
-    """
-    oof_dir = Path(oof_dir)
-    for d in (oof_dir / name, Path(name)):
-        if (d / "run.json").is_file():
-            return d
-    finished, unfinished = discover_runs(oof_dir) if oof_dir.is_dir() else ([], [])
-    ens = sorted(p.parent.name for p in (oof_dir / "ensemble").glob("*/run.json")) if (oof_dir / "ensemble").is_dir() else []
-    have = ", ".join(finished + unfinished + [f"ensemble/{e}" for e in ens]) or "none"
-    raise KfError(f"{oof_dir / name}: no run.json, not a run or ensemble (found under {oof_dir}: {have})")
-
-
 def _first_diff(a: pd.DataFrame, b: pd.DataFrame, cols: list[str]) -> tuple[int, str] | None:
     """First ``(row, column)`` where ``a`` and ``b`` (same length) differ, or None."""
     for c in cols:
@@ -170,9 +126,9 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
         if skipped:
             log.warning("skipping unfinished run(s): %s", ", ".join(skipped))
         if not runs:
-            raise KfError(f"{oof_dir}: no finished runs (train with kf train, or name them with --runs)")
+            raise ParamError(f"{oof_dir}: no finished runs (train with kf train, or name them with {{runs}})", "runs")
     if len(set(runs)) != len(runs):
-        raise KfError(f"--runs: a run is named twice ({', '.join(runs)})")
+        raise ParamError(f"{{runs}}: a run is named twice ({', '.join(runs)})", "runs")
     meta_path = oof_dir / FOLDS_JSON
     if not meta_path.is_file():
         raise KfError(f"{meta_path}: file not found; ensembling needs the folds the runs were trained on (kf folds)")
@@ -193,12 +149,12 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
         ref_test_name = Path(info_csv)
     for name in runs:
         d = resolve_run_dir(name, oof_dir)
-        rj = read_json(d / "run.json")
-        if rj.get("finished") is not True:
-            raise KfError(f"{d / 'run.json'}: run not finished (finished: {rj.get('finished')!r}); "
-                          "finish it with kf train or leave it out of --runs")
-        if rj.get("folds_fingerprint") != fp:
-            raise KfError(f"{d / 'run.json'}: folds_fingerprint {str(rj.get('folds_fingerprint'))[:12]!r} differs from "
+        rj = read_run_json(d)
+        if not rj.finished:
+            raise ParamError(f"{d / 'run.json'}: run not finished (finished: {rj.get('finished')!r}); "
+                             "finish it with kf train or leave it out of {runs}", "runs")
+        if rj.folds_fingerprint != fp:
+            raise KfError(f"{d / 'run.json'}: folds_fingerprint {str(rj.folds_fingerprint)[:12]!r} differs from "
                           f"{fp[:12]!r} in {meta_path}; the run was trained on other folds and cannot be ensembled with them")
         keys, probs = read_oof_csv(d / "oof.csv")
         if ref_keys is None:
@@ -233,9 +189,9 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
         dirs.append(d)
         oofs.append(probs)
         tests.append(tprobs)
-        ttas.append(rj.get("tta"))
-        kinds.append("ensemble" if rj.get("kind") == "ensemble" else "run")
-        members.append(list(rj.get("members") or []))
+        ttas.append(rj.tta)
+        kinds.append("ensemble" if rj.kind == "ensemble" else "run")
+        members.append(rj.members)
     keys = ref_keys.reset_index(drop=True).copy()
     keys["fold"] = keys["fold"].astype(np.int64)
     keys["label"] = keys["label"].astype(np.int64)
@@ -246,27 +202,3 @@ def load_runs(oof_dir: str | Path, runs: list[str] | None = None, info_csv: str 
                   test=np.stack(tests), tta=ttas, folds_fingerprint=fp,
                   k=int(meta.get("k") or keys["fold"].nunique()), skipped=skipped, kinds=kinds, members=members,
                   holdout_keys=hold_ref if has_hold else None, holdout=np.stack(holds) if has_hold else None)
-
-
-def write_probs_csv(path: str | Path, head: pd.DataFrame, probs: np.ndarray, float_format: str = "%.8g") -> None:
-    """Write ``head`` columns then ``prob_0..prob_17`` as CSV, atomically (a run's oof.csv / test.csv format).
-
-    ~3x faster than ``DataFrame.to_csv(float_format=...)``: the probabilities
-    are formatted by ``np.savetxt``, the few key columns by pandas.
-
-    Args:
-        path: destination file (its folder must exist).
-        head: ``(n, h)`` key columns (``image, person, fold, label`` or ``ImageID``).
-        probs: ``(n, 18)`` float probabilities.
-
-    Raises:
-        KfError: the destination cannot be written (see :func:`kfold.io.atomic_write`).
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    keys = head.to_csv(index=False, header=False, lineterminator="\n").splitlines()
-    buf = io.StringIO()
-    np.savetxt(buf, probs, fmt=float_format, delimiter=",")
-    vals = buf.getvalue().splitlines()
-    with atomic_write(path) as fh:
-        fh.write(",".join(list(head.columns) + PROB_COLS) + "\n")
-        fh.writelines(f"{k},{v}\n" for k, v in zip(keys, vals))
