@@ -16,6 +16,8 @@ from timm.data import Mixup
 from timm.data.mixup import mixup_target
 from torch.utils.data import ConcatDataset, Dataset
 
+from .labels import N_CLASSES
+
 if TYPE_CHECKING:
     from .config import TrainConfig
 
@@ -171,7 +173,7 @@ class Mixer(Mixup):
         return super().__call__(x, target)
 
 
-def build_mixer(cfg: "TrainConfig", num_classes: int = 18) -> Mixer | None:
+def build_mixer(cfg: "TrainConfig", num_classes: int = N_CLASSES) -> Mixer | None:
     """The config's :class:`Mixer`, or None when ``mixup_alpha`` and ``cutmix_alpha`` are 0 (or ``mix_prob`` is 0).
 
     Label smoothing goes into the soft targets (as in timm's train script) when

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .labels import N_CLASSES
+
 
 class FocalLoss(nn.Module):
     """Multi-class focal loss on logits ``(batch, n_classes)`` and int targets ``(batch,)``."""
@@ -44,7 +46,7 @@ class FocalLoss(nn.Module):
 class SoftF1Loss(nn.Module):
     """``1 - mean over classes of soft F1`` from softmax probabilities; logits ``(batch, n_classes)``."""
 
-    def __init__(self, n_classes: int = 18, eps: float = 1e-7):
+    def __init__(self, n_classes: int = N_CLASSES, eps: float = 1e-7):
         super().__init__()
         self.n_classes, self.eps = n_classes, eps
 
@@ -59,7 +61,7 @@ class SoftF1Loss(nn.Module):
         return 1 - f1.mean()
 
 
-def class_weights(labels: np.ndarray, spec, n_classes: int = 18) -> torch.Tensor | None:
+def class_weights(labels: np.ndarray, spec, n_classes: int = N_CLASSES) -> torch.Tensor | None:
     """Per-class weights: None, ``"balanced"`` (sklearn's ``compute_class_weight``) or a list of ``n_classes`` numbers.
 
     Classes absent from ``labels`` get weight 0 under ``"balanced"``.
@@ -77,7 +79,7 @@ def class_weights(labels: np.ndarray, spec, n_classes: int = 18) -> torch.Tensor
 
 
 def build_loss(name: str, weight: torch.Tensor | None = None, label_smoothing: float = 0.0, focal_gamma: float = 2.0,
-               n_classes: int = 18) -> nn.Module:
+               n_classes: int = N_CLASSES) -> nn.Module:
     """Loss module by config name: ``ce``, ``focal`` or ``soft_f1``, over ``n_classes`` classes (a task head: 2 or 3)."""
     if name == "ce":
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from .labels import N_CLASSES
+
 AUGMENT_DEFAULTS = {
     "hflip": 0.5,                # HorizontalFlip probability
     "affine": 0.5,               # Affine (shift/scale/rotate) probability
@@ -202,8 +204,8 @@ def _image_size(v):
 def _class_weights(v):
     if v is None or v == "balanced":
         return v
-    if not (isinstance(v, list) and len(v) == 18):
-        raise ValueError(f"expected null, balanced or a list of 18 numbers > 0, got {v!r}")
+    if not (isinstance(v, list) and len(v) == N_CLASSES):
+        raise ValueError(f"expected null, balanced or a list of {N_CLASSES} numbers > 0, got {v!r}")
     pos = number(above=0)
     for i, w in enumerate(v):
         try:
@@ -272,7 +274,7 @@ RULES: dict[str, Rule] = {
     "loss": choice(*LOSSES),
     "label_smoothing": number(0, below=1),
     "focal_gamma": number(0),
-    "class_weights": Rule(_class_weights, "null, balanced or a list of 18 numbers > 0"),
+    "class_weights": Rule(_class_weights, f"null, balanced or a list of {N_CLASSES} numbers > 0"),
     "augment": section(AUGMENT_RULES, AUGMENT_DEFAULTS),
     "tta": choice(*TTAS),
     "ema": boolean(),

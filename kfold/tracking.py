@@ -50,6 +50,7 @@ import pandas as pd
 
 from .config import RUNTIME_KEYS
 from .io import KfError
+from .labels import N_CLASSES
 from .runrecord import is_run_dir, read_run_json
 from .tracking_client import (
     absolute_uri,
@@ -372,7 +373,7 @@ def log_submission(out: str | Path, source: str | Path, answers: np.ndarray, sou
     exp_id = experiment_id(client)
     out, source = Path(out), Path(source)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    shares = np.bincount(np.asarray(answers, dtype=np.int64), minlength=18) / max(len(answers), 1)
+    shares = np.bincount(np.asarray(answers, dtype=np.int64), minlength=N_CLASSES) / max(len(answers), 1)
     tags = {"kf.kind": "submit", "kf.source": str(source.resolve()), "kf.from": source_arg, "kf.sha256": digest,
             "kf.submission": str(out.resolve()), "mlflow.user": getpass.getuser(), "mlflow.source.name": "kf submit"}
     linked = _linked_run(client, exp_id, source.parent)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import ttach
 
+from .labels import N_CLASSES
+
 TTA_TRANSFORMS = {
     "none": lambda: None,
     "hflip": ttach.aliases.hflip_transform,
@@ -104,5 +106,5 @@ def predict_array(model: torch.nn.Module, images: np.ndarray, mean, std, device:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out.append(tta_probs(model, x, compose).cpu())
     if not out:
-        return np.zeros((0, 18), dtype=np.float32)
+        return np.zeros((0, N_CLASSES), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32)

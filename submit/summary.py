@@ -10,6 +10,7 @@ import pandas as pd
 from kfold import labels as L
 from kfold.io import KfError
 from kfold.labels import N_CLASSES, class_names
+from kfold.metrics import accuracy, macro_f1
 
 
 def train_labels(data: str | os.PathLike) -> tuple[np.ndarray | None, str | None]:
@@ -102,12 +103,9 @@ def score(truth: np.ndarray, pred: np.ndarray) -> dict:
         ``{"macro_f1", "accuracy", "absent_classes"}``, the last the classes
         with no image in ``truth``.
     """
-    from sklearn.metrics import accuracy_score, f1_score
-
     truth, pred = np.asarray(truth, dtype=np.int64), np.asarray(pred, dtype=np.int64)
-    f1 = f1_score(truth, pred, average="macro", labels=list(range(N_CLASSES)), zero_division=0)
     absent = [c for c in range(N_CLASSES) if not (truth == c).any()]
-    return {"macro_f1": float(f1), "accuracy": float(accuracy_score(truth, pred)), "absent_classes": absent}
+    return {"macro_f1": macro_f1(truth, pred), "accuracy": accuracy(truth, pred), "absent_classes": absent}
 
 
 def format_distribution(dist: pd.DataFrame) -> str:
