@@ -97,10 +97,10 @@ def test_constructors_keep_each_writers_key_order():
 
 @pytest.mark.trains
 def test_a_trained_runs_run_json_is_rewritten_byte_identical(tiny_data, tmp_path):
-    """kf train's run.json (its own writer until the training path moves to write_run_json) reads and writes back as is."""
+    """kf train's run.json (written by kfold.runrecord.write_run_json) reads and writes back as is."""
     from click.testing import CliRunner
 
-    from kfold.cli import main
+    from kf.cli import main
 
     (tmp_path / "tiny.yaml").write_text("name: tiny\n")
     sets = [a for v in ["model=test_efficientnet", "pretrained=none", "image_size=[32,32]", "epochs=1", "batch_size=16",
