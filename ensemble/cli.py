@@ -8,7 +8,10 @@ import click
 from kfold.labels import N_CLASSES
 from kfold.options import data_option, flag_errors, oof_option, track_option
 
-METHOD_CHOICES = ("all", "soft", "geo", "weights", "caruana", "stacking")
+from .methods import METHODS
+
+#: --method choices: the registry (ensemble.methods.METHODS) and "all"
+METHOD_CHOICES = ("all", *METHODS)
 TTA_CHOICES = ("none", "hflip", "flip", "d4")
 #: library parameter -> flag, for errors (kfold.io.ParamError)
 ENSEMBLE_FLAGS = dict(method="--method", runs="--runs", name="--name", overwrite="--overwrite", select_on="--select-on",
