@@ -25,7 +25,7 @@ import pandas as pd
 from . import labels as L
 from .images import extensions_text, is_image_name
 from .io import KfError, read_csv
-from .stagefiles import clean_ids
+from .stagefiles import check_unique_ids, clean_ids
 
 log = logging.getLogger(__name__)
 
@@ -315,12 +315,5 @@ def read_info_ids(data: str | Path) -> list[str]:
     if df.empty:
         raise KfError(f"{csv}: no images (empty table)")
     ids = clean_ids(df["ImageID"])
-    empty = ids == ""
-    if empty.any():
-        raise KfError(f"{csv}: {_row(int(np.flatnonzero(empty)[0]))}: empty ImageID")
-    dup = pd.Series(ids).duplicated().to_numpy()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        j = int(np.flatnonzero(ids == ids[i])[0])
-        raise KfError(f"{csv}: {_row(i)}: duplicate ImageID {ids[i]!r} (first at {_row(j)})")
+    check_unique_ids(ids, csv)
     return ids.tolist()

@@ -217,11 +217,11 @@ def info_index(info_ids: Sequence[str]) -> pd.Index:
     return idx
 
 
-def match_info_ids(ids: np.ndarray, info: pd.Index, source: str) -> np.ndarray:
-    """Check a file's ImageIDs (``(n,)``, file order) against ``info``; return, per info row, the row holding it.
+def check_unique_ids(ids: np.ndarray, source: str | Path) -> None:
+    """Refuse an empty or repeated ImageID in ``(n,)`` stripped ``ids`` (file order), naming the row of ``source``.
 
     Raises:
-        KfError: an ImageID empty, twice, not in info.csv, or an info.csv ImageID missing (naming the row).
+        KfError: ``<source>: row R: empty ImageID`` or ``... duplicate ImageID 'x' (first at row Q)``.
     """
     empty = ids == ""
     if empty.any():
@@ -231,6 +231,15 @@ def match_info_ids(ids: np.ndarray, info: pd.Index, source: str) -> np.ndarray:
         i = _first(dup)
         j = _first(ids == ids[i])
         raise KfError(f"{source}: {_row(i)}: duplicate ImageID {ids[i]!r} (first at {_row(j)})")
+
+
+def match_info_ids(ids: np.ndarray, info: pd.Index, source: str) -> np.ndarray:
+    """Check a file's ImageIDs (``(n,)``, file order) against ``info``; return, per info row, the row holding it.
+
+    Raises:
+        KfError: an ImageID empty, twice, not in info.csv, or an info.csv ImageID missing (naming the row).
+    """
+    check_unique_ids(ids, source)
     extra = ~pd.Index(ids).isin(info)
     if extra.any():
         i = _first(extra)
