@@ -116,7 +116,7 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
 
 def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str]:
     """Member names after re-predicting each with ``tta`` (see ``kfold.inference.repredict_run``)."""
-    from kfold.io import stage_lock
+    from kfold.locks import stage_lock
     from kfold.runrecord import discover_runs, is_run_dir, read_run_json, resolve_run_dir
 
     from .external import refuse_external

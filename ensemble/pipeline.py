@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kfold.io import KfError, ParamError, check_can_write, stage_lock, write_csv, write_json
+from kfold.io import KfError, ParamError, check_can_write, write_csv, write_json
+from kfold.locks import stage_lock
 from kfold.runrecord import ENSEMBLE_DIR, RunRecord, read_run_json, run_json_path, write_run_json
 from kfold.runset import RunSet, load_runs
 from kfold.stagefiles import KEY_COLS, write_probs_csv
@@ -79,7 +80,7 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
             None for :func:`kfold.metrics.macro_f1` (the competition metric).
 
     The checks of ``ensemble/`` and ``best/`` and the writes into them hold
-    :func:`kfold.io.stage_lock` on ``<oof>/ensemble``: concurrent calls on one
+    :func:`kfold.locks.stage_lock` on ``<oof>/ensemble``: concurrent calls on one
     ``--oof`` behave as if run one after the other (the later one waits, then
     compares with what the first wrote).
 

@@ -124,7 +124,8 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     from . import tracking
     from .config import load_config, parse_overrides
     from .data import load_data
-    from .io import check_can_write, stage_locks
+    from .io import check_can_write
+    from .locks import stage_locks
     from .preflight import check_config
     from .train import train_runs
 

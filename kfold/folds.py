@@ -30,7 +30,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .io import KfError, read_csv, read_json, stage_lock, write_csv, write_json
+from .io import KfError, read_csv, read_json, write_csv, write_json
+from .locks import stage_lock
 from .stagefiles import read_keys
 
 FOLDS_CSV = "folds.csv"
@@ -170,7 +171,7 @@ def ensure_folds(images: pd.DataFrame, oof_dir: str | Path, k: int = 5, seed: in
         KfError: a folds file exists for other settings (other K, seed, data or
             corrections) and ``force`` is False; or the files are damaged.
 
-    The check and the write hold :func:`kfold.io.stage_lock` on ``folds.csv``:
+    The check and the write hold :func:`kfold.locks.stage_lock` on ``folds.csv``:
     concurrent calls behave as if run one after the other.
     """
     oof_dir = Path(oof_dir)

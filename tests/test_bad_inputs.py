@@ -166,7 +166,7 @@ def fill(argv: list[str], places: dict[str, str]) -> list[str]:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    """Every file's bytes, except the empty ``.<name>.lock`` files of ``kfold.io.stage_lock`` (kept by design)."""
+    """Every file's bytes, except the empty ``.<name>.lock`` files of ``kfold.locks.stage_lock`` (kept by design)."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and not (p.name.startswith(".") and p.name.endswith(".lock"))}
 

@@ -25,7 +25,8 @@ from PIL import Image
 from ensemble.synth import write_synthetic_runs
 from kf.cli import main
 from kfold.images import DECODER_VERSION, image_info, is_image_name, load_image, to_rgb
-from kfold.io import KfError, atomic_write, remove_stale_temporaries, stage_lock, temporary_path
+from kfold.io import KfError, atomic_write, remove_stale_temporaries, temporary_path
+from kfold.locks import stage_lock
 from kfold.stagefiles import PROB_COLS
 
 TINY = ["--set", "model=test_efficientnet", "--set", "pretrained=none", "--set", "image_size=[32,32]",
