@@ -1,9 +1,9 @@
 """kf ensemble stage: blend runs' OOF probabilities, estimate honestly, write ensemble outputs.
 
-Methods (scikit-learn-like estimators over ``(n_runs, n_images, 18)`` probabilities):
-:class:`SoftVoting`, :class:`GeometricMean`, :class:`OptimizedWeights`,
-:class:`CaruanaSelection`, :class:`Stacking`, and :class:`BiasTuning` on top
-of any of them. See docs/ensemble.md.
+Methods: scikit-learn-like estimators over ``(n_runs, n_images, 18)``
+probabilities, registered by name in :data:`ensemble.methods.METHODS` (what
+``kf ensemble --method`` offers), and :class:`BiasTuning` on top of any of
+them. See docs/ensemble.md.
 """
 from kfold.metrics import accuracy, confusion_matrix, f1_per_class, macro_f1, macro_f1_batch
 from kfold.runset import RunSet, load_runs

@@ -12,6 +12,9 @@ from .methods import METHODS
 
 #: --method choices: the registry (ensemble.methods.METHODS) and "all"
 METHOD_CHOICES = ("all", *METHODS)
+#: --method help: each method's name and the first line of its class docstring
+METHOD_HELP = "; ".join(f"{k}: {cls.__doc__.strip().splitlines()[0].rstrip('.').replace('``', '')}"
+                        for k, cls in METHODS.items()) + "; or all of them."
 TTA_CHOICES = ("none", "hflip", "flip", "d4")
 #: library parameter -> flag, for errors (kfold.io.ParamError)
 ENSEMBLE_FLAGS = dict(method="--method", runs="--runs", name="--name", overwrite="--overwrite", select_on="--select-on",
@@ -24,8 +27,7 @@ IMPORT_FLAGS = dict(name="NAME", columns="--columns", logits="--logits", test_cs
 @data_option
 @oof_option
 @click.option("--method", type=click.Choice(METHOD_CHOICES), default="caruana", show_default=True,
-              help="soft voting, geometric mean, simplex weights (log-loss), Caruana selection (macro F1), "
-                   "stacking (logistic regression), or all of them.")
+              help=METHOD_HELP)
 @click.option("--bias", is_flag=True, help="Also tune per-class biases on log-probabilities for OOF macro F1 (writes <name>+bias).")
 @click.option("--runs", default=None, metavar="A,B",
               help="Runs to blend, names under --oof (e.g. effb0,mnv3; runs, not ensembles). Default: every finished run.")

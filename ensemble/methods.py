@@ -35,7 +35,7 @@ def check_method(method: str, allow_all: bool = False) -> None:
     """Raise unless ``method`` is a key of :data:`METHODS` (or ``all`` with ``allow_all``).
 
     Raises:
-        ParamError: ``method 'x': unknown, expected one of soft, geo, weights, caruana, stacking[ or all]``.
+        ParamError: ``method 'x': unknown, expected one of <the keys of METHODS>[ or all]``.
     """
     if method not in METHODS and not (allow_all and method == "all"):
         raise ParamError(f"{{method}} {method!r}: unknown, expected one of {', '.join(METHODS)}"
@@ -46,7 +46,7 @@ def make_method(method: str, bias: bool = False, scorer: Scorer | None = None, *
     """A new, unfitted method by name, wrapped in :class:`BiasTuning` when ``bias``.
 
     Args:
-        method: one of ``soft``, ``geo``, ``weights``, ``caruana``, ``stacking``.
+        method: a key of :data:`METHODS` (``soft``, ``caruana``, ...).
         bias: add per-class bias tuning on top.
         scorer: ``(y_true, y_pred) -> float`` for the methods that fit to a
             metric (Caruana selection, bias tuning); None for macro F1.

@@ -10,8 +10,8 @@ Outputs, under ``<oof>/ensemble/`` (see docs/formats.md and docs/ensemble.md):
   ``folds_fingerprint``, so the ensemble loads like a run;
 * ``<label>_scores.csv``: the scores table of the invocation.
 
-``<name>`` is the method (``soft``, ``geo``, ``weights``, ``caruana``,
-``stacking``) or ``--name``, plus ``+bias`` for the bias-tuned variant.
+``<name>`` is the method (a key of :data:`ensemble.methods.METHODS`:
+``soft``, ``caruana``, ...) or ``--name``, plus ``+bias`` for the bias-tuned variant.
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def run_ensemble(oof_dir: str | Path, method: str = "caruana", runs: list[str] |
 
     Args:
         oof_dir: the ``--oof`` folder.
-        method: ``soft``, ``geo``, ``weights``, ``caruana``, ``stacking`` or ``all``.
+        method: a key of :data:`ensemble.methods.METHODS` (``soft``, ``caruana``, ...) or ``all``.
         runs: run names; None for every finished run under ``oof_dir``.
         bias: also fit each method with per-class bias tuning (``<name>+bias``);
             both variants are written and scored.

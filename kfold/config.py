@@ -6,11 +6,14 @@ the list of valid ones. Any value can be overridden on the command line with
 ``--set image_size=[96,96]``, ``--set augment.hflip=0``). Files and ``--set``
 values are read as YAML with YAML 1.2 floats (``1e-3`` is a number).
 
-Each field's rule (type, range, finiteness, choices, length) is one entry of
-:data:`kfold.rules.RULES`, which :func:`validate` reads; docs/reliability.md lists them.
+Each field is declared with its default, its rule (type, range, finiteness,
+choices, length; :mod:`kfold.rules`) and a one-line help (:func:`setting`);
+:func:`validate` checks the rules, and docs/settings.md is written from the
+fields (:func:`settings_markdown`).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
@@ -20,12 +23,34 @@ from typing import Any
 import yaml
 
 from .io import KfError
+from .labels import N_CLASSES
 from .rules import (
     AUGMENT_DEFAULTS,
-    AUGMENT_RULES,  # noqa: F401 - kfold.config is where settings code looks for the tables
-    RULES,
+    AUGMENT_RULES,
+    CLASS_WEIGHTS,
+    CUTMIX_REGIONS,
+    DEVICE,
+    IMAGE_SIZE,
+    LOSSES,
+    MIX_MODES,
+    MODEL,
+    OPTIMIZER,
+    PRETRAINED,
+    PSEUDO,
+    RUN_NAME,
+    SCHEDULERS,
     TASK_WEIGHT_DEFAULTS,
+    TRAIN_AGE_CUTS,
+    TTAS,
+    Rule,
     SubkeyError,
+    auto_or_integer,
+    boolean,
+    choice,
+    integer,
+    number,
+    probability,
+    section,
 )
 
 # config keys that change how fast, not what is computed (a run resumed with others is the same run)
@@ -67,64 +92,90 @@ def load_yaml(text: str) -> Any:
     finally:
         loader.dispose()
 
+def setting(default: Any, rule: Rule, help: str) -> Any:
+    """A :class:`TrainConfig` field: its default, its rule (:mod:`kfold.rules`) and its one-line help.
+
+    The rule and the help are kept in the field's ``metadata`` (``dataclasses.field``);
+    :func:`validate` checks the value against the rule, and :func:`settings_markdown`
+    writes the settings reference (docs/settings.md) from all three. A list or
+    dict default is copied for each config.
+    """
+    meta = {"rule": rule, "help": help}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    """One run: a backbone and how to train it. See ``configs/*.yaml`` for documented examples."""
+    """One run: a backbone and how to train it. See ``configs/*.yaml`` for documented examples.
 
-    name: str = "run"
-    model: str = "tf_efficientnet_lite0"
-    pretrained: str = "none"        # none | timm | file:/path.pth | pypi:efficientnet_lite0 (lite0/1/2)
-    freeze_backbone: bool = False   # True: train the head only (feature extraction)
-    drop_rate: float = 0.2
-    image_size: list = field(default_factory=lambda: [96, 96])  # [height, width] pixels
-    epochs: int = 3
-    batch_size: int = 32
-    accum_steps: int = 1
-    optimizer: str = "adamw"        # any timm.optim.create_optimizer_v2 name
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    scheduler: str = "cosine"
-    warmup_epochs: int = 0
-    warmup_lr: float = 1e-5
-    min_lr: float = 1e-6
-    decay_epochs: int = 2           # step scheduler period
-    decay_rate: float = 0.5         # step / plateau factor
-    loss: str = "ce"
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    class_weights: Any = None       # null | balanced | list of 18 floats
-    augment: dict = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
-    tta: str = "hflip"
-    ema: bool = False
-    ema_decay: float = 0.998
-    early_stopping: int = 0         # patience in epochs on validation macro F1; 0 = off
-    amp: str = "auto"               # auto | bf16 | fp16 | off  (CUDA only; off on CPU)
-    channels_last: str = "auto"     # auto (= on, CUDA and CPU) | on | off
-    device: str = "auto"            # auto | cpu | cuda | cuda:N
-    num_workers: Any = "auto"       # auto | int
-    threads: Any = "auto"           # torch intra-op threads: auto | int
-    eval_batch_size: int = 128      # inputs per inference forward pass, TTA views included
-    seed: int = 42
+    Each field is declared with :func:`setting` (default, rule, help); a new
+    field needs nothing else here, and is listed by docs/settings.md.
+    """
+
+    name: str = setting("run", RUN_NAME, "run folder name under --oof (default: the config file's stem)")
+    model: str = setting("tf_efficientnet_lite0", MODEL, "timm model name (the backbone)")
+    pretrained: str = setting("none", PRETRAINED, "none | timm (hub) | file:/path.pth | pypi:efficientnet_lite0 (lite0/1/2)")
+    freeze_backbone: bool = setting(False, boolean(), "true: train the head only (feature extraction)")
+    drop_rate: float = setting(0.2, number(0, below=1), "dropout before the classifier")
+    image_size: list = setting([96, 96], IMAGE_SIZE, "[height, width] in pixels the images are resized to")
+    epochs: int = setting(3, integer(1), "training epochs per fold")
+    batch_size: int = setting(32, integer(1), "training images per batch")
+    accum_steps: int = setting(1, integer(1), "batches per optimizer step (gradient accumulation)")
+    optimizer: str = setting("adamw", OPTIMIZER, "any timm.optim.create_optimizer_v2 name")
+    lr: float = setting(1e-3, number(above=0), "peak learning rate")
+    weight_decay: float = setting(1e-4, number(0), "weight decay of the optimizer")
+    scheduler: str = setting("cosine", choice(*SCHEDULERS), "timm scheduler, stepped per epoch")
+    warmup_epochs: int = setting(0, integer(0), "epochs of linear warm-up from warmup_lr")
+    warmup_lr: float = setting(1e-5, number(0), "learning rate at the start of warm-up")
+    min_lr: float = setting(1e-6, number(0), "lowest learning rate of the schedule (at most lr)")
+    decay_epochs: int = setting(2, integer(1), "step scheduler period in epochs")
+    decay_rate: float = setting(0.5, number(above=0, below=1), "step / plateau factor")
+    loss: str = setting("ce", choice(*LOSSES), "cross-entropy, focal loss, or soft macro F1")
+    label_smoothing: float = setting(0.0, number(0, below=1), "label smoothing of the targets (every loss)")
+    focal_gamma: float = setting(2.0, number(0), "gamma of the focal loss")
+    class_weights: Any = setting(None, CLASS_WEIGHTS, f"null | balanced | list of {N_CLASSES} floats: loss weight per class")
+    augment: dict = setting(dict(AUGMENT_DEFAULTS), section(AUGMENT_RULES, AUGMENT_DEFAULTS),
+                            "albumentations probabilities per transform (augment.<name>; docs/training.md)")
+    tta: str = setting("hflip", choice(*TTAS), "ttach test-time augmentation of OOF and test predictions")
+    ema: bool = setting(False, boolean(), "keep an exponential moving average of the weights (timm ModelEmaV3)")
+    ema_decay: float = setting(0.998, number(0, below=1), "decay of the weight EMA")
+    early_stopping: int = setting(0, integer(0), "patience in epochs on validation macro F1; 0 = off")
+    amp: str = setting("auto", choice("auto", "bf16", "fp16", "off"), "mixed precision: auto | bf16 | fp16 | off (CUDA only; off on CPU)")
+    channels_last: str = setting("auto", choice("auto", "on", "off"), "memory format: auto (= on, CUDA and CPU) | on | off")
+    device: str = setting("auto", DEVICE, "auto | cpu | cuda | cuda:N")
+    num_workers: Any = setting("auto", auto_or_integer(0), "DataLoader workers: auto | int")
+    threads: Any = setting("auto", auto_or_integer(1), "torch intra-op threads: auto | int")
+    eval_batch_size: int = setting(128, integer(1), "inputs per inference forward pass, TTA views included")
+    seed: int = setting(42, integer(0, 2**32 - 1), "seed of weights init, shuffling and augmentation")
     # task heads and age (docs/training.md "Task heads and age in years"; kfold/heads.py)
-    heads: str = "joint"            # joint (one 18-class classifier) | tasks (mask/gender/age heads, one backbone)
-    task: str = "all"               # all | mask | gender | age (a single-task run; heads: tasks)
-    age_head: str = "band"          # band (3-class) | years (Gaussian regression on the age in years; heads: tasks)
-    task_weights: dict = field(default_factory=lambda: dict(TASK_WEIGHT_DEFAULTS))  # loss weight per task
-    train_age_cuts: Any = None      # null (= --age-cuts, the scoring cuts) | [young_upper, old_lower] for training targets
+    heads: str = setting("joint", choice("joint", "tasks"), "joint (one 18-class classifier) | tasks (mask/gender/age heads, one backbone)")
+    task: str = setting("all", choice("all", "mask", "gender", "age"), "all | mask | gender | age (a single-task run; heads: tasks)")
+    age_head: str = setting("band", choice("band", "years"),
+                            "band (3-class) | years (Gaussian regression on the age in years; heads: tasks)")
+    task_weights: dict = setting(dict(TASK_WEIGHT_DEFAULTS), section({t: number(0) for t in TASK_WEIGHT_DEFAULTS}, TASK_WEIGHT_DEFAULTS),
+                                 "loss weight per task (heads: tasks)")
+    train_age_cuts: Any = setting(None, TRAIN_AGE_CUTS,
+                                  "null (= --age-cuts, the scoring cuts) | [young_upper, old_lower] for training targets")
     # mixing augmentations (timm Mixup/CutMix, soft targets) and pseudo-labels; docs/training.md
-    mixup_alpha: float = 0.0        # Beta(a, a) of MixUp; 0 = off
-    cutmix_alpha: float = 0.0       # Beta(a, a) of CutMix; 0 = off
-    cutmix_region: str = "box"      # box (timm: random rectangle) | left_right | top_bottom (split along a line)
-    mix_prob: float = 1.0           # probability that a batch is mixed (when an alpha > 0)
-    mix_switch_prob: float = 0.5    # CutMix instead of MixUp when both alphas > 0
-    mix_mode: str = "batch"         # timm Mixup mode: batch | pair | elem (left_right/top_bottom: batch only)
-    pseudo: Any = None              # null | run or ensemble folder (or its test.csv) whose confident test rows join training
-    pseudo_threshold: float = 0.9   # minimum top-class probability of a pseudo-labelled test image
-    track: bool = False             # log to MLflow (pip install -e '.[track]'; docs/tracking.md); also --track, KF_TRACK=1
+    mixup_alpha: float = setting(0.0, number(0), "Beta(a, a) of MixUp; 0 = off")
+    cutmix_alpha: float = setting(0.0, number(0), "Beta(a, a) of CutMix; 0 = off")
+    cutmix_region: str = setting("box", choice(*CUTMIX_REGIONS),
+                                 "box (timm: random rectangle) | left_right | top_bottom (split along a line)")
+    mix_prob: float = setting(1.0, probability(), "probability that a batch is mixed (when an alpha > 0)")
+    mix_switch_prob: float = setting(0.5, probability(), "CutMix instead of MixUp when both alphas > 0")
+    mix_mode: str = setting("batch", choice(*MIX_MODES), "timm Mixup mode: batch | pair | elem (left_right/top_bottom: batch only)")
+    pseudo: Any = setting(None, PSEUDO, "null | run or ensemble folder (or its test.csv) whose confident test rows join training")
+    pseudo_threshold: float = setting(0.9, number(above=0, hi=1), "minimum top-class probability of a pseudo-labelled test image")
+    track: bool = setting(False, boolean(), "log to MLflow (pip install -e '.[track]'; docs/tracking.md); also --track, KF_TRACK=1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+
+#: each field's rule, read by :func:`validate` (declared with the field: :func:`setting`)
+RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in dataclasses.fields(TrainConfig) if "rule" in f.metadata}
 
 VALID_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
 
@@ -159,7 +210,7 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
 
     for k in VALID_KEYS:
         if k not in RULES:
-            raise LookupError(f"TrainConfig.{k} has no rule in kfold.rules.RULES")
+            raise LookupError(f"TrainConfig.{k} has no rule: declare it with kfold.config.setting(default, rule, help)")
         try:
             setattr(cfg, k, RULES[k].check(getattr(cfg, k)))
         except SubkeyError as e:  # augment is set per sub-key (augment.hflip), other sections as a whole
@@ -253,3 +304,30 @@ def load_config(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> Trai
 def dump_config(cfg: TrainConfig) -> str:
     """The resolved config as YAML text (what ``oof/<run>/config.yaml`` holds)."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def settings_markdown() -> str:
+    """The settings reference (docs/settings.md): one table row per :class:`TrainConfig` field.
+
+    Columns: the key, its default (as YAML), what its rule accepts, its help.
+    ``python -m kfold.config > docs/settings.md`` rewrites the file;
+    tests/test_settings.py checks that the file matches.
+    """
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("<", "&lt;")
+
+    lines = ["# Settings of a run (`configs/*.yaml`, `kf train --set key=value`)", "",
+             "Written by `python -m kfold.config > docs/settings.md` from the fields of `kfold.config.TrainConfig`;",
+             "do not edit by hand. Rules that join two settings (`min_lr` <= `lr`, `task` and `age_head` need",
+             "`heads: tasks`, ...) and the order of the checks: docs/reliability.md.", "",
+             "| key | default | accepts | what |", "|---|---|---|---|"]
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        shown = yaml.safe_dump(default, default_flow_style=True, sort_keys=False, width=10_000).strip()
+        shown = shown.removesuffix("\n...").removesuffix("...").strip()
+        lines.append(f"| `{f.name}` | `{cell(shown)}` | {cell(f.metadata['rule'].text)} | {cell(f.metadata['help'])} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(settings_markdown(), end="")

@@ -30,7 +30,7 @@ from .data import DataBundle
 from .device import amp_dtype, configure_torch, epoch_seed, resolve_device, seed_everything, use_channels_last
 from .folds import HOLDOUT_COLS
 from .io import KfError, crash_point, read_json, write_csv, write_json
-from .loop import Diverged, check_finite, step_scheduler, train_one_epoch, validate
+from .loop import Diverged, check_finite, loop_settings, step_scheduler, train_one_epoch, validate
 from .stagefiles import probs_frame
 
 
@@ -190,7 +190,7 @@ class FoldTrainer:
         loader = self._loader(epoch)  # seeds every RNG of the epoch first
         t0 = time.time()
         stats = train_one_epoch(model, loader, opt, loss_fn, device=self.device, mean=mean, std=std, scaler=scaler,
-                                ema=ema, mixer=self.mixer, accum_steps=cfg.accum_steps, amp=self.amp,
+                                ema=ema, mixer=self.mixer, amp=self.amp, **loop_settings(cfg),
                                 channels_last=self.channels_last, progress=self.progress,
                                 desc=f"{cfg.name} fold {self.fold} epoch {epoch + 1}/{cfg.epochs}")
         val = validate(lambda: self.predict(eval_model, self.train_cache, self.va_idx, "none"),

