@@ -150,7 +150,8 @@ class TrainConfig:
     eval_batch_size: int = setting(128, integer(1), "inputs per inference forward pass, TTA views included")
     seed: int = setting(42, integer(0, 2**32 - 1), "seed of weights init, shuffling and augmentation")
     # task heads and age (docs/training.md "Task heads and age in years"; kfold/heads.py)
-    heads: str = setting("joint", choice("joint", "tasks"), "joint (one 18-class classifier) | tasks (mask/gender/age heads, one backbone)")
+    heads: str = setting("joint", choice("joint", "tasks"),
+                         f"joint (one {N_CLASSES}-class classifier) | tasks (mask/gender/age heads, one backbone)")
     task: str = setting("all", choice("all", "mask", "gender", "age"), "all | mask | gender | age (a single-task run; heads: tasks)")
     age_head: str = setting("band", choice("band", "years"),
                             "band (3-class) | years (Gaussian regression on the age in years; heads: tasks)")
@@ -220,7 +221,7 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
     if cfg.heads == "joint" and (cfg.task != "all" or cfg.age_head != "band"):
         raise bad("task" if cfg.task != "all" else "age_head", "needs heads: tasks (a head per task)")
     if cfg.heads == "tasks" and isinstance(cfg.class_weights, list):
-        raise bad("class_weights", "18 class weights do not apply to task heads; use null or balanced (per task)")
+        raise bad("class_weights", f"{N_CLASSES} class weights do not apply to task heads; use null or balanced (per task)")
     if mixing(cfg):
         if cfg.cutmix_region != "box" and cfg.cutmix_alpha > 0 and cfg.mix_mode != "batch":
             raise bad("mix_mode", f"cutmix_region {cfg.cutmix_region} mixes whole batches; use mix_mode: batch")
