@@ -126,6 +126,22 @@ def boolean() -> Rule:
     return Rule(check, "true or false")
 
 
+def optional(rule: Rule) -> Rule:
+    """``null`` (None: the setting is off) or a value ``rule`` accepts; the error names both."""
+    text = f"null or {rule.text}"
+
+    def check(v):
+        if v is None:
+            return None
+        try:
+            return rule.check(v)
+        except SubkeyError:
+            raise
+        except ValueError:
+            raise _expect(text, v) from None
+    return Rule(check, text)
+
+
 def auto_or_integer(lo: int) -> Rule:
     """``auto`` or an int >= ``lo``."""
     text = f"auto or an integer >= {lo}"
@@ -228,19 +244,17 @@ def _device(v):
     return v
 
 
-def _train_age_cuts(v):
-    if v is None:
-        return None
+def _age_cuts(v):
     ok = (isinstance(v, list) and len(v) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
                                                        and math.isfinite(c) for c in v) and 0 < v[0] < v[1])
     if not ok:
-        raise _expect("null or two increasing ages in years like [30, 58]", v)
+        raise ValueError(v)
     return [float(c) for c in v]
 
 
-def _pseudo(v):
-    if v is not None and (not isinstance(v, str) or not v.strip()):
-        raise _expect("null or the path of a run or ensemble folder", v)
+def _folder(v):
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError(v)
     return v
 
 
@@ -260,5 +274,5 @@ IMAGE_SIZE = Rule(_image_size, f"[height, width] integers in [16, {MAX_SIDE}] (o
 OPTIMIZER = Rule(_optimizer, "a timm optimizer name")
 CLASS_WEIGHTS = Rule(_class_weights, f"null, balanced or a list of {N_CLASSES} numbers > 0")
 DEVICE = Rule(_device, "auto, cpu, cuda or cuda:N")
-TRAIN_AGE_CUTS = Rule(_train_age_cuts, "null or two increasing ages in years like [30, 58]")
-PSEUDO = Rule(_pseudo, "null or the path of a run or ensemble folder")
+TRAIN_AGE_CUTS = optional(Rule(_age_cuts, "two increasing ages in years like [30, 58]"))
+PSEUDO = optional(Rule(_folder, "the path of a run or ensemble folder"))

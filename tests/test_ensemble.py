@@ -523,7 +523,7 @@ def fake_inference(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("method", ["caruana", "stacking"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_predict_combines_members_like_the_ensemble_test_csv(method, oof, tmp_path, fake_inference):
     assert _invoke("ensemble", "--oof", oof, "--data", tmp_path / "nodata", "--method", method, "--bias").exit_code == 0
     out = tmp_path / "pred.csv"
