@@ -16,11 +16,6 @@ METHOD_CHOICES = ("all", *METHODS)
 METHOD_HELP = "; ".join(f"{k}: {cls.__doc__.strip().splitlines()[0].rstrip('.').replace('``', '')}"
                         for k, cls in METHODS.items()) + "; or all of them."
 TTA_CHOICES = ("none", "hflip", "flip", "d4")
-#: library parameter -> flag, for errors (kfold.io.ParamError)
-ENSEMBLE_FLAGS = dict(method="--method", runs="--runs", name="--name", overwrite="--overwrite", select_on="--select-on",
-                      confidence="--confidence", oof_dir="--oof")
-IMPORT_FLAGS = dict(name="NAME", columns="--columns", logits="--logits", test_csvs="--test-csv", data="--data",
-                    overwrite="--overwrite", oof_dir="--oof")
 
 
 @click.command("ensemble")
@@ -81,11 +76,10 @@ def ensemble_cmd(data, oof, method, bias, runs, name, overwrite, select_on, conf
     if not info.is_file():
         click.echo(f"note: {info} not found; test.csv ImageIDs are checked between runs only")
         info = None
-    with flag_errors(**ENSEMBLE_FLAGS):
-        if tta is not None:
-            names = with_tta(oof, data, names, tta)
-        report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info, overwrite=overwrite,
-                              select_on=select_on, confidence=confidence)
+    if tta is not None:
+        names = with_tta(oof, data, names, tta)
+    report = run_ensemble(oof, method=method, runs=names, bias=bias, name=name, info_csv=info, overwrite=overwrite,
+                          select_on=select_on, confidence=confidence)
     rs = report.runs
     click.echo(f"{len(rs.names)} run(s): {', '.join(rs.names)}; {rs.oof.shape[1]} OOF images, "
                f"{rs.test.shape[1]} test images, K={rs.k}"
@@ -217,9 +211,8 @@ def import_cmd(name, oof_csv, test_csvs, logits, columns, who, where, overwrite,
     """
     from .external import import_run
 
-    with flag_errors(**IMPORT_FLAGS):
-        rj = import_run(oof, name, oof_csv, test_csvs, data=data, logits=logits, columns=columns, who=who, where=where,
-                        overwrite=overwrite)
+    rj = import_run(oof, name, oof_csv, test_csvs, data=data, logits=logits, columns=columns, who=who, where=where,
+                    overwrite=overwrite)
     if Path(rj["test_ids_from"]).name != "info.csv":
         click.echo(f"note: {Path(data) / 'eval' / 'info.csv'} not found; test ImageIDs checked against {rj['test_ids_from']}")
     click.echo(f"wrote {Path(oof) / name}/{{oof.csv,test.csv,run.json}}: kind external, OOF macro F1 "
@@ -249,6 +242,6 @@ def export_cmd(out, run, overwrite, data, oof):
     """
     from .export import export_files
 
-    with flag_errors(runs="--run", overwrite="--overwrite", oof_dir="--oof"):
+    with flag_errors(runs="--run"):  # export_files(run=) names runs (kfold.runset); the rest: kfold.options.command_flags
         paths = export_files(oof, out, data=data, run=run, overwrite=overwrite)
     click.echo(f"wrote {out}/: {', '.join(p.name for p in paths)}")

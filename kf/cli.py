@@ -2,7 +2,9 @@
 
 Commands are imported lazily (click's documented LazyGroup pattern) so that
 ``kf --help`` does not import torch. A :class:`kfold.io.KfError` anywhere is
-printed as one ``error: ...`` line with exit status 2, without a traceback, and
+printed as one ``error: ...`` line with exit status 2, without a traceback (a
+:class:`kfold.io.ParamError` worded with the command's flags:
+:func:`kfold.options.command_flags`), and
 so is an ``OSError`` (``error: <path>: <cause>``: read-only folder, full disk);
 so is a usage error (unknown option, bad ``--fold``), in place of click's
 four-line usage block. Ctrl-C exits with status 130 and says how to resume.
@@ -17,7 +19,7 @@ import sys
 
 import click
 
-from kfold.io import KfError
+from kfold.io import KfError, ParamError
 
 COMMANDS = {
     "make-data": ("kfold.commands", "make_data_cmd"),
@@ -71,6 +73,12 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except ParamError as e:  # a library parameter's name -> this command's flag (``k`` -> ``--k``)
+            from kfold.options import command_flags
+
+            cmd = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            click.echo(f"error: {e.render(command_flags(cmd) if cmd is not None else {})}", err=True)
+            ctx.exit(2)
         except KfError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from .options import data_option, label_options, oof_option, track_option
+from .options import data_option, flag_errors, label_options, oof_option, track_option
 
 
 def parse_size(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int]:
@@ -183,7 +183,8 @@ def combine_cmd(oof, mask_run, gender_run, age_run, name, overwrite):
             raise KfError(f"{out}: already holds {what}; choose another --name"
                           + (" or pass --overwrite" if old.get("combined_from") else ""))
     runs = {"mask": Path(oof) / mask_run, "gender": Path(oof) / gender_run, "age": Path(oof) / age_run}
-    meta = combine_task_runs(runs, out)
+    with flag_errors(out_dir="--name"):  # the new run folder is <oof>/<name>
+        meta = combine_task_runs(runs, out)
     acc = meta["oof_task_accuracy"]
     click.echo(f"wrote {out}/{{oof.csv,test.csv,run.json}}: OOF macro F1 {meta['oof_macro_f1']:.4f}, task accuracy "
                f"mask {acc['mask']:.4f} gender {acc['gender']:.4f} age {acc['age']:.4f}")

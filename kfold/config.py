@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .io import KfError
+from .io import KfError, ParamError
 from .labels import N_CLASSES
 from .rules import (
     AUGMENT_DEFAULTS,
@@ -181,18 +181,28 @@ RULES: dict[str, Rule] = {f.name: f.metadata["rule"] for f in dataclasses.fields
 VALID_KEYS = [f.name for f in dataclasses.fields(TrainConfig)]
 
 
+#: the ``source`` of :func:`load_config`'s ``overrides`` in messages: a :class:`ParamError` placeholder
+#: (``overrides epochs: ...`` from Python, ``--set epochs: ...`` from ``kf train``)
+OVERRIDES = "{overrides}"
+
+
+def _source_error(message: str, source: str) -> KfError:
+    """A :class:`KfError` about a value from ``source`` (a file), or a :class:`ParamError` when it is :data:`OVERRIDES`."""
+    return ParamError(message, "overrides") if source == OVERRIDES else KfError(message)
+
+
 def _set(d: dict, key: str, value: Any, source: str) -> None:
     if "." in key:
         top, sub = key.split(".", 1)
         if top != "augment":
-            raise KfError(f"{source}: unknown key {key!r}; only augment.<name> is nested")
+            raise _source_error(f"{source}: unknown key {key!r}; only augment.<name> is nested", source)
         if sub not in AUGMENT_DEFAULTS:
-            where = f"--set {key}" if source == "--set" else f"{source}: {key}"
-            raise KfError(f"{where}: unknown augment key {sub!r}; valid: {', '.join(AUGMENT_DEFAULTS)}")
+            where = f"{source} {key}" if source == OVERRIDES else f"{source}: {key}"
+            raise _source_error(f"{where}: unknown augment key {sub!r}; valid: {', '.join(AUGMENT_DEFAULTS)}", source)
         d.setdefault("augment", dict(AUGMENT_DEFAULTS))[sub] = value
         return
     if key not in VALID_KEYS:
-        raise KfError(f"{source}: unknown key {key!r}; valid keys: {', '.join(VALID_KEYS)}")
+        raise _source_error(f"{source}: unknown key {key!r}; valid keys: {', '.join(VALID_KEYS)}", source)
     d[key] = value
 
 
@@ -202,12 +212,12 @@ def validate(cfg: TrainConfig, source: str, overridden: frozenset[str] = frozens
     """Check every field against its :data:`RULES` entry and normalise it (ints to floats, a size to a list).
 
     Raises:
-        KfError: ``<source>: <key>: <why>``, or ``--set <key>: <why>`` for a key in
-            ``overridden``; the first field (in field order) that breaks its rule.
+        KfError: ``<source>: <key>: <why>``, or the ParamError ``overrides <key>: <why>`` (``kf train``:
+            ``--set <key>: <why>``) for a key in ``overridden``; the first field (in field order) that breaks its rule.
         LookupError: a TrainConfig field has no rule (a programming error).
     """
     def bad(k: str, why: str) -> KfError:
-        return KfError(f"--set {k}: {why}" if k in overridden else f"{source}: {k}: {why}")
+        return _source_error(f"{OVERRIDES} {k}: {why}", OVERRIDES) if k in overridden else KfError(f"{source}: {k}: {why}")
 
     for k in VALID_KEYS:
         if k not in RULES:
@@ -242,7 +252,7 @@ def setting_error(cfg: TrainConfig, key: str, why: str) -> KfError:
     """
     source, overridden = getattr(cfg, "kf_source", (None, frozenset()))
     if key in overridden:
-        return KfError(f"--set {key}: {why}")
+        return _source_error(f"{OVERRIDES} {key}: {why}", OVERRIDES)
     return KfError(f"{source}: {key}: {why}" if source else f"{key}: {why}")
 
 
@@ -251,31 +261,32 @@ def mixing(cfg: TrainConfig) -> bool:
     return (cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0) and cfg.mix_prob > 0
 
 
-def parse_overrides(pairs: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
-    """``["epochs=1", "image_size=[96,96]"]`` -> ``[("epochs", 1), ("image_size", [96, 96])]``.
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
+    """``["epochs=1", "image_size=[96,96]"]`` -> ``[("epochs", 1), ("image_size", [96, 96])]`` (``kf train --set``).
 
     Raises:
-        KfError: an item has no ``=`` or its value is not valid YAML.
+        ParamError: an item has no ``=`` or its value is not valid YAML (``overrides 'x': expected key=value``).
     """
     out = []
-    for p in pairs:
+    for p in overrides:
         if "=" not in p:
-            raise KfError(f"--set {p!r}: expected key=value")
+            raise _source_error(f"{OVERRIDES} {p!r}: expected key=value", OVERRIDES)
         k, v = p.split("=", 1)
         try:
             out.append((k.strip(), load_yaml(v) if v.strip() else None))
         except yaml.YAMLError:
-            raise KfError(f"--set {p!r}: value is not valid YAML") from None
+            raise _source_error(f"{OVERRIDES} {p!r}: value is not valid YAML", OVERRIDES) from None
     return out
 
 
 def load_config(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> TrainConfig:
-    """Read a YAML config, apply ``--set`` overrides and validate.
+    """Read a YAML config, apply ``overrides`` (``kf train --set``) and validate.
 
     The run name defaults to the file's stem.
 
     Raises:
-        KfError: unreadable YAML, unknown keys, bad values (naming the file and key).
+        KfError: unreadable YAML, unknown keys, bad values (naming the file and key); a
+            :class:`ParamError` naming ``overrides`` for a bad key or value there.
     """
     path = Path(path)
     try:
@@ -298,7 +309,7 @@ def load_config(path: str | Path, overrides: list[tuple[str, Any]] = ()) -> Trai
         else:
             _set(d, str(k), v, str(path))
     for k, v in overrides:
-        _set(d, k, v, "--set")
+        _set(d, k, v, OVERRIDES)
     return validate(TrainConfig(**d), str(path), frozenset(k for k, _ in overrides))
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import labels as L
 from .images import extensions_text, is_image_name
-from .io import KfError, read_csv
+from .io import KfError, ParamError, read_csv
 from .stagefiles import check_unique_ids, clean_ids
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def read_train(root: str | Path, age_cuts: Sequence[float] = L.DEFAULT_AGE_CUTS,
     root = Path(root)
     csv = root / "train" / "train.csv"
     if not root.is_dir():
-        raise KfError(f"{root}: data folder not found (pass --data or set KF_DATA)")
+        raise ParamError(f"{root}: data folder not found (pass {{root}} or set KF_DATA)", "root")
     people = read_people(root)
     report = ReadReport()
     # copies: under pandas copy-on-write to_numpy() returns read-only views, and corrections write into these
@@ -309,7 +309,7 @@ def read_info_ids(data: str | Path) -> list[str]:
     """
     data = Path(data)
     if not data.is_dir():
-        raise KfError(f"{data}: data folder not found (pass --data or set KF_DATA)")
+        raise ParamError(f"{data}: data folder not found (pass {{data}} or set KF_DATA)", "data")
     csv = data / "eval" / "info.csv"
     df = read_csv(csv, required=["ImageID"], dtype={"ImageID": str}, keep_default_na=False)
     if df.empty:

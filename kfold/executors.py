@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .io import KfError, read_json
+from .io import KfError, ParamError, read_json
 from .ray_nodes import _fits, check_shared_storage, describe_request, last_line, node_label, node_wait_s, task_resources
 
 MAX_RETRIES = 2
@@ -56,12 +56,13 @@ def require_ray():
     """Import and return the ``ray`` module.
 
     Raises:
-        KfError: Ray is not installed.
+        ParamError: Ray is not installed (naming ``executor`` of :func:`kfold.train.train_runs`).
     """
     try:
         import ray
     except ImportError:
-        raise KfError("--executor ray: Ray is not installed; pip install -e '.[ray]' (or use --executor local)") from None
+        raise ParamError("{executor} ray: Ray is not installed; pip install -e '.[ray]' (or use {executor} local)",
+                         "executor") from None
     return ray
 
 
@@ -71,7 +72,8 @@ def _attempt(fold_job: Callable, spec, fold: int, shared, cores: int, gpu: bool)
     Yields first where it runs (``{"node": <Ray node id>, "pid": <worker pid>}``),
     so that the driver can name the node of an attempt that dies without
     returning, then ``fold_job``'s result with its log lines (``log``), or
-    ``{"error": <KfError text>, "log": [...]}``.
+    ``{"error": <KfError text>, "params": [...], "log": [...]}`` (a :class:`ParamError`'s template and
+    parameters, which the driver raises again, so that ``kf`` names them with its flags).
     """
     import ray
 
@@ -82,7 +84,8 @@ def _attempt(fold_job: Callable, spec, fold: int, shared, cores: int, gpu: bool)
         r = fold_job(spec, fold, shared, cores=cores, gpu=gpu, echo=lines.append)
     except KfError as e:
         # bad input: the same on every attempt, so returned (not retried) rather than raised
-        yield {"error": str(e), "log": lines}
+        yield {"error": e.template if isinstance(e, ParamError) else str(e), "params": list(getattr(e, "params", ())),
+               "log": lines}
         return
     yield {**r, "log": lines}
 
@@ -185,9 +188,9 @@ def run_jobs_on_ray(jobs: list[Job], fold_job: Callable, shared, oof_dir: str | 
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                      **(init_kwargs or {}))
         except ConnectionError as e:
-            raise KfError(f"--address {address}: {last_line(e).rstrip('.')}. Is a cluster running there "
-                          "(`ray start --head`)? If Ray logged InvalidAuthToken, set RAY_AUTH_MODE=token with the "
-                          "cluster's token (docs/scale-out.md)") from None
+            raise ParamError(f"{{address}} {address}: {last_line(e).rstrip('.')}. Is a cluster running there "
+                             "(`ray start --head`)? If Ray logged InvalidAuthToken, set RAY_AUTH_MODE=token with the "
+                             "cluster's token (docs/scale-out.md)", "address") from None
         started = True
     try:
         with _quiet_ray_errors():
@@ -236,6 +239,7 @@ def _run_tasks(ray, nodes: list[dict], checked: int, jobs: list[Job], fold_job: 
          f"each asks for {' or '.join(kinds)}; up to {max_retries} retries")
     results: dict[int, dict] = {}
     failures: list[str] = []
+    params: set[str] = set()  # of the ParamErrors among them
     stranded: list[int] = []  # jobs given up for want of a node
     stalled_since = None
     while pending:
@@ -286,6 +290,7 @@ def _run_tasks(ray, nodes: list[dict], checked: int, jobs: list[Job], fold_job: 
             echo(line)
         if "error" in item:
             failures.append(f"{name(i)}: {' '.join(str(item['error']).splitlines())}")
+            params.update(item.get("params", ()))
         else:
             results[i] = {**item, "node": where[i], "attempts": attempts[i]}
     for i in list(stranded):  # lost after it wrote its result file, between the job's end and its reply: finished
@@ -300,5 +305,5 @@ def _run_tasks(ray, nodes: list[dict], checked: int, jobs: list[Job], fold_job: 
                         f"{'these folds resume' if len(stranded) > 1 else 'it resumes'} from the last finished epoch")
     if failures:
         head = "" if len(failures) == 1 else f"{len(failures)} failures: "
-        raise KfError(head + "; ".join(failures))
+        raise ParamError(head + "; ".join(failures), *sorted(params))
     return [results[i] for i in range(len(jobs))]

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .io import KfError, read_csv, read_json, write_csv, write_json
+from .io import KfError, ParamError, read_csv, read_json, write_csv, write_json
 from .locks import stage_lock
 from .stagefiles import read_keys
 
@@ -40,8 +40,8 @@ HOLDOUT_CSV = "holdout.csv"
 HOLDOUT_COLS = ["image", "person", "label"]
 
 
-def make_holdout(images: pd.DataFrame, fraction: float, seed: int = 42) -> np.ndarray:
-    """Choose the holdout people: a ``fraction`` of the people, stratified by gender x age band.
+def make_holdout(images: pd.DataFrame, holdout: float, seed: int = 42) -> np.ndarray:
+    """Choose the holdout people: a share ``holdout`` of the people, stratified by gender x age band.
 
     Uses scikit-learn's ``train_test_split`` on one row per person, stratified
     on the person-level ``gender * 3 + age_band`` class (unstratified when a
@@ -49,23 +49,25 @@ def make_holdout(images: pd.DataFrame, fraction: float, seed: int = 42) -> np.nd
 
     Args:
         images: one row per image with ``person``, ``gender`` and ``age_band`` columns.
-        fraction: share of the people withheld, ``0 < fraction < 1``.
+        holdout: share of the people withheld, ``0 < holdout < 1``.
         seed: ``random_state`` of the split.
 
     Returns:
         ``(n_images,)`` bool mask, True for the images of holdout people.
 
     Raises:
-        KfError: ``fraction`` outside (0, 1), or it leaves no person on one side.
+        ParamError: ``holdout`` outside (0, 1) (``holdout 1.5: expected a fraction ...``), or it leaves no
+            person on one side.
     """
     from sklearn.model_selection import train_test_split
 
-    if not 0 < fraction < 1:
-        raise KfError(f"--holdout {fraction:g}: expected a fraction of the people between 0 and 1 (e.g. 0.2)")
+    if not 0 < holdout < 1:
+        raise ParamError(f"{{holdout}} {holdout:g}: expected a fraction of the people between 0 and 1 (e.g. 0.2)", "holdout")
     per = images.drop_duplicates("person")
-    n_hold = int(round(fraction * len(per)))
+    n_hold = int(round(holdout * len(per)))
     if n_hold < 1 or n_hold >= len(per):
-        raise KfError(f"--holdout {fraction:g}: withholds {n_hold} of {len(per)} people; keep at least one on each side")
+        raise ParamError(f"{{holdout}} {holdout:g}: withholds {n_hold} of {len(per)} people; keep at least one on each side",
+                         "holdout")
     strat = (per["gender"] * 3 + per["age_band"]).to_numpy()
     people = per["person"].to_numpy()
     try:
@@ -88,11 +90,11 @@ def make_folds(images: pd.DataFrame, k: int = 5, seed: int = 42) -> pd.DataFrame
         DataFrame ``image, person, label, fold`` in the order of ``images``.
 
     Raises:
-        KfError: ``k`` is below 2 or above the number of people.
+        ParamError: ``k`` is below 2 or above the number of people (``k 1: need 2 <= K <= ...``).
     """
     n_people = images["person"].nunique()
     if k < 2 or k > n_people:
-        raise KfError(f"--k {k}: need 2 <= K <= number of people ({n_people})")
+        raise ParamError(f"{{k}} {k}: need 2 <= K <= number of people ({n_people})", "k")
     strat = (images["gender"] * 3 + images["age_band"]).to_numpy()
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold = np.full(len(images), -1, dtype=np.int64)
@@ -168,8 +170,9 @@ def ensure_folds(images: pd.DataFrame, oof_dir: str | Path, k: int = 5, seed: in
         whether an existing file was reused.
 
     Raises:
-        KfError: a folds file exists for other settings (other K, seed, data or
-            corrections) and ``force`` is False; or the files are damaged.
+        ParamError: a folds file exists for other settings (other K, seed, data or
+            corrections) and ``force`` is False (the message names ``oof_dir`` and
+            ``force``); ``k`` or ``holdout`` out of range. KfError: the files are damaged.
 
     The check and the write hold :func:`kfold.locks.stage_lock` on ``folds.csv``:
     concurrent calls behave as if run one after the other.
@@ -188,12 +191,12 @@ def _ensure_folds(images: pd.DataFrame, oof_dir: Path, k: int, seed: int, force:
     if csv.exists() and not force:
         meta = read_json(meta_path)
         if meta.get("settings_fingerprint") != want:
-            raise KfError(
+            raise ParamError(
                 f"{csv}: made with other settings (K={meta.get('k')}, seed={meta.get('seed')}, "
                 f"holdout={meta.get('holdout', 0)}, {meta.get('n_images')} images) than asked (K={k}, seed={seed}, "
                 f"holdout={holdout:g}, {len(images)} images, "
-                "or other labels/corrections); use another --oof folder, or --force to rewrite it "
-                "(runs trained on the old folds can then not be ensembled with new ones)")
+                "or other labels/corrections); use another {oof_dir} folder, or {force} to rewrite it "
+                "(runs trained on the old folds can then not be ensembled with new ones)", "oof_dir", "force")
         folds = load_folds(oof_dir)
         return folds, meta, True
     held = make_holdout(images, holdout, seed) if holdout else np.zeros(len(images), dtype=bool)

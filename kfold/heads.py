@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import labels as L
-from .io import KfError
+from .io import KfError, ParamError
 
 TASKS = ("mask", "gender", "age")
 TASK_CLASSES = {"mask": 3, "gender": 2, "age": 3}
@@ -375,9 +375,9 @@ def combine_task_runs(runs: dict[str, str | Path], out_dir: str | Path) -> dict:
     dirs = [Path(runs[t]) for t in TASKS]
     oof_dir = dirs[0].parent
     if any(d.parent != oof_dir for d in dirs):
-        raise KfError("combine: the three runs must be in one --oof folder")
+        raise ParamError("combine: the three runs must be in one {oof_dir} folder", "oof_dir")
     if out_dir.resolve() in [d.resolve() for d in dirs]:
-        raise KfError(f"combine: {out_dir} is one of the members; choose another --name")
+        raise ParamError(f"combine: {out_dir} is one of the members; choose another {{out_dir}}", "out_dir")
     rs = load_runs(oof_dir, [d.name for d in dirs])
     oof = joint_from_marginals(*(task_marginals(rs.oof[i])[i] for i in range(3)))
     test = joint_from_marginals(*(task_marginals(rs.test[i])[i] for i in range(3)))

@@ -79,7 +79,17 @@ class ParamError(KfError):
 
     ``template`` holds ``{<param>}`` for each parameter it names; the library
     message shows the bare name (``method 'x': unknown``), and a command line
-    renders it with its flags (:meth:`for_flags`: ``--method 'x': unknown``).
+    renders it with its flags (``--method 'x': unknown``). This is kf's one
+    mechanism for errors about an argument (docs/architecture.md, "Errors that
+    name a parameter"): library code never writes a CLI flag in a message; the
+    ``kf`` group (``kf/cli.py``) renders every ParamError with
+    :func:`kfold.options.command_flags` of the command that ran (each click
+    parameter's name -> its flag, plus ``PARAM_ALIASES`` such as
+    ``oof_dir`` -> ``--oof``), and a command whose library name differs from
+    its own in one place wraps that call in :func:`kfold.options.flag_errors`.
+    Name the parameter of the public function the caller passed (``holdout``
+    of :func:`kfold.folds.ensure_folds`, ``overrides`` of
+    :func:`kfold.config.load_config`).
 
     Args:
         template: the message, e.g. ``"{method} 'x': unknown, expected one of soft, geo"``.
@@ -97,9 +107,11 @@ class ParamError(KfError):
             out = out.replace("{" + p + "}", flags.get(p, p))
         return out
 
-    def for_flags(self, flags: dict[str, str]) -> KfError:
-        """A plain :class:`KfError` worded for a command line (``flags``: parameter -> ``--flag``)."""
-        return KfError(self.render(flags))
+    def for_flags(self, flags: dict[str, str]) -> ParamError:
+        """The error worded for a command line (``flags``: parameter -> ``--flag``); the parameters not in
+        ``flags`` stay placeholders, for the ``kf`` group to render."""
+        keep = {p: "{" + p + "}" for p in self.params if p not in flags}
+        return ParamError(self.render({**flags, **keep}), *keep)
 
 
 #: a temporary file of :func:`atomic_write`: ``.<name or its start>.<host tag>-<pid>-<random>.tmp``
@@ -251,10 +263,10 @@ def _put_in_place(tmp: Path, path: Path, overwrite: bool) -> None:
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise KfError(f"{path}: already exists (pass --overwrite to replace it)") from None
+        raise ParamError(f"{path}: already exists (pass {{overwrite}} to replace it)", "overwrite") from None
     except OSError:  # a file system without hard links: the check of check_writable must do
         if path.exists():
-            raise KfError(f"{path}: already exists (pass --overwrite to replace it)") from None
+            raise ParamError(f"{path}: already exists (pass {{overwrite}} to replace it)", "overwrite") from None
         os.replace(tmp, path)
         return
     os.unlink(tmp)
@@ -268,7 +280,7 @@ def check_writable(path: str | os.PathLike, *, overwrite: bool = True) -> None:
     if not path.parent.is_dir():
         raise KfError(f"{path}: folder {path.parent} does not exist")
     if path.exists() and not overwrite:
-        raise KfError(f"{path}: already exists (pass --overwrite to replace it)")
+        raise ParamError(f"{path}: already exists (pass {{overwrite}} to replace it)", "overwrite")
 
 
 def check_can_write(path: str | os.PathLike, *, folder: bool = False, overwrite: bool = True) -> None:

@@ -56,12 +56,39 @@ track_option = click.option(
          "docs/tracking.md). Default: KF_TRACK=1 (kf train: also a config's track: true).")
 
 
+#: library parameter -> the click parameter that passes it, where the two names differ in every command
+#: (used by :func:`command_flags`; a difference in one command only is a :func:`flag_errors` block there)
+PARAM_ALIASES = {"oof_dir": "oof", "data_root": "data", "root": "data"}
+
+
+def command_flags(cmd: click.Command) -> dict[str, str]:
+    """How ``cmd`` spells each library parameter in an error: the map :meth:`kfold.io.ParamError.render` takes.
+
+    Each click option's parameter name -> its first long flag (``k`` ->
+    ``--k``, ``select_on`` -> ``--select-on``, ``overrides`` -> ``--set``,
+    ``source`` -> ``--from``), each argument's name -> its metavar (``name`` ->
+    ``NAME``), and each :data:`PARAM_ALIASES` entry whose click parameter
+    ``cmd`` has (``oof_dir`` -> ``--oof``). ``kf``'s group renders every
+    :class:`kfold.io.ParamError` a command raises with this map (``kf/cli.py``).
+    """
+    flags: dict[str, str] = {}
+    for p in cmd.params:
+        if isinstance(p, click.Argument):
+            flags[p.name] = p.human_readable_name
+        elif longs := [o for o in p.opts if o.startswith("--")]:
+            flags[p.name] = longs[0]
+    return {**{lib: flags[name] for lib, name in PARAM_ALIASES.items() if name in flags}, **flags}
+
+
 @contextlib.contextmanager
 def flag_errors(**flags: str) -> Iterator[None]:
-    """Reword a library's :class:`kfold.io.ParamError` with the command's flags (``method="--method"``).
+    """Reword a library's :class:`kfold.io.ParamError` with flags of this call only (``runs="--run"``).
 
-    Library functions name their parameters in errors (``method 'x': unknown``);
-    inside this block the same error reads ``--method 'x': unknown``.
+    For a library parameter that one command passes from an option of
+    another name (``kf export --run`` passes ``export_files(run=...)``, whose
+    errors name ``runs``); everything else is rendered by the ``kf`` group with
+    :func:`command_flags`. Inside this block ``runs 'x': ...`` reads
+    ``--run 'x': ...``; parameters not in ``flags`` stay for the group to render.
     """
     try:
         yield

@@ -27,7 +27,8 @@ def check_config(cfg: TrainConfig, device: bool = True) -> None:
     channel where the feature map is 1x1).
 
     Raises:
-        KfError: ``--set <key>: <why>`` (or ``<config>: <key>: <why>``) for
+        KfError: ``<config>: <key>: <why>`` (or the ParamError ``overrides <key>: <why>``, which
+            ``kf train`` prints as ``--set <key>: <why>``) for
             ``device``, ``image_size`` or ``batch_size``; the weights errors of
             :func:`kfold.models.create_model`, naming the file or hub.
     """

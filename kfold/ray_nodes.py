@@ -9,7 +9,7 @@ import os
 import uuid
 from pathlib import Path
 
-from .io import KfError, atomic_write
+from .io import KfError, ParamError, atomic_write
 
 NODE_WAIT_S = 120.0  # KF_RAY_NODE_WAIT: how long a task that no alive node can run waits for one
 STORAGE_CHECK_S = 120.0
@@ -34,7 +34,7 @@ def task_resources(nodes: list[dict], device: str = "auto", cpus_per_task: int |
         ``--num-cpus 0``) are ignored.
 
     Raises:
-        KfError: no alive node has a CPU.
+        ParamError: no alive node has a CPU (naming ``executor`` of :func:`kfold.train.train_runs`).
     """
     alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
     gpu_nodes = [r for r in alive if r.get("GPU", 0) >= 1 and r.get("CPU", 0) >= 1]
@@ -43,7 +43,8 @@ def task_resources(nodes: list[dict], device: str = "auto", cpus_per_task: int |
         return {"num_gpus": 1, "num_cpus": cpus_per_task or max(1, per_gpu)}
     cpus = [int(r["CPU"]) for r in alive if r.get("CPU", 0) >= 1]
     if not cpus:
-        raise KfError("--executor ray: the Ray cluster has no node with a CPU; start workers with `ray start --address=...`")
+        raise ParamError("{executor} ray: the Ray cluster has no node with a CPU; start workers with "
+                         "`ray start --address=...`", "executor")
     return {"num_cpus": cpus_per_task or min(cpus)}
 
 
@@ -60,7 +61,8 @@ def describe_request(res: dict) -> str:
 
 
 def _sees_storage(marker: str, token: str, data_root: str) -> str | None:
-    """On a node: None when it sees the driver's ``marker`` file holding ``token`` and the ``data_root`` folder, else why not."""
+    """On a node: None when it sees the driver's ``marker`` file holding ``token`` and the ``data_root`` folder, else why not
+    (a :class:`kfold.io.ParamError` template: ``{data_root}`` stands for the parameter)."""
     try:
         text = Path(marker).read_text()
     except OSError as e:
@@ -68,7 +70,7 @@ def _sees_storage(marker: str, token: str, data_root: str) -> str | None:
     if text != token:
         return f"{Path(marker).parent} is another folder there (its {Path(marker).name} holds other text)"
     if not Path(data_root).is_dir():
-        return f"--data {data_root}: no such folder"
+        return f"{{data_root}} {data_root}: no such folder"
     return None
 
 
@@ -84,8 +86,8 @@ def check_shared_storage(ray, nodes: list[dict], oof_dir: Path, data_root: Path,
         The number of nodes checked.
 
     Raises:
-        KfError: a node cannot see the folders, or did not answer within
-            ``timeout_s`` seconds (one line naming the nodes and why).
+        ParamError: a node cannot see the folders, or did not answer within
+            ``timeout_s`` seconds (one line naming ``oof_dir``, ``data_root``, the nodes and why).
     """
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -110,8 +112,8 @@ def check_shared_storage(ray, nodes: list[dict], oof_dir: Path, data_root: Path,
     finally:
         marker.unlink(missing_ok=True)
     if bad:
-        raise KfError(f"--oof {oof_dir}: every Ray node must see --oof and --data at the same paths (shared storage, "
-                      f"docs/scale-out.md), but {'; '.join(bad)}")
+        raise ParamError(f"{{oof_dir}} {oof_dir}: every Ray node must see {{oof_dir}} and {{data_root}} at the same paths "
+                         f"(shared storage, docs/scale-out.md), but {'; '.join(bad)}", "oof_dir", "data_root")
     return len(refs)
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from . import labels as L
-from .io import KfError, write_csv
+from .io import KfError, ParamError, write_csv
 
 RACES = ("White", "Black", "Asian", "Indian", "Other")
 SKIN = {"White": (232, 196, 170), "Black": (120, 80, 55), "Asian": (225, 190, 150),
@@ -123,9 +123,9 @@ def make_data(out: str | Path, people: int = 60, eval_people: int = 20, size: tu
     """
     out = Path(out)
     if people < 1 or eval_people < 1 or min(size) < 16:
-        raise KfError("make-data: need --people >= 1, --eval-people >= 1 and a size of at least 16x16")
+        raise ParamError("make-data: need {people} >= 1, {eval_people} >= 1 and a size of at least 16x16", "people", "eval_people")
     if not 0 <= noise <= 1:
-        raise KfError(f"make-data: --noise {noise} must be a fraction in 0..1")
+        raise ParamError(f"make-data: {{noise}} {noise} must be a fraction in 0..1", "noise")
     if out.exists() and not out.is_dir():
         raise KfError(f"{out}: is a file, expected a new or empty folder")
     if out.exists() and any(out.iterdir()):

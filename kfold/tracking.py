@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from .config import RUNTIME_KEYS
-from .io import KfError
+from .io import KfError, ParamError
 from .labels import N_CLASSES
 from .runrecord import is_run_dir, read_run_json
 from .tracking_client import (
@@ -90,28 +90,30 @@ def require():
     """Import and return ``mlflow``.
 
     Raises:
-        KfError: MLflow is not installed (one line naming the extra).
+        ParamError: MLflow is not installed (one line naming the extra and the ``track`` parameter of
+            :func:`wanted` / :func:`enable`, which call this).
     """
     try:
         import mlflow
     except ImportError:
-        raise KfError(f"--track: MLflow is not installed; {EXTRA} (or leave out --track, track: true and KF_TRACK)") from None
+        raise ParamError(f"{{track}}: MLflow is not installed; {EXTRA} (or leave out {{track}}, track: true and KF_TRACK)",
+                         "track") from None
     return mlflow
 
 
-def wanted(flag: bool | None) -> bool:
+def wanted(track: bool | None) -> bool:
     """Whether a ``kf ensemble`` / ``kf submit`` call tracks: ``--track``/``--no-track``, else ``KF_TRACK``.
 
     Raises:
         KfError: tracking wanted but MLflow not installed.
     """
-    on = env_wants() if flag is None else flag
+    on = env_wants() if track is None else track
     if on:
         require()
     return on
 
 
-def enable(cfgs: list, flag: bool | None) -> list:
+def enable(cfgs: list, track: bool | None) -> list:
     """The configs of a ``kf train`` call with ``track`` resolved: ``--track``/``--no-track``, else the
     config's ``track``, else ``KF_TRACK``.
 
@@ -121,7 +123,7 @@ def enable(cfgs: list, flag: bool | None) -> list:
     for cfg in cfgs:  # in place: the validated config keeps where each value came from (kfold.config.setting_error)
         if not isinstance(cfg.track, bool):
             raise KfError(f"config {cfg.name}: track: expected true or false, got {cfg.track!r}")
-        cfg.track = bool(flag if flag is not None else (cfg.track or env_wants()))
+        cfg.track = bool(track if track is not None else (cfg.track or env_wants()))
     if any(c.track for c in cfgs):
         require()
     return list(cfgs)

@@ -38,7 +38,7 @@ from .executors import Job, require_ray, run_jobs_on_ray
 from .fold import RunSpec, fold_job, run_fold
 from .folds import HOLDOUT_COLS
 from .heads import task_accuracy, train_cuts
-from .io import KfError, atomic_write, read_json, write_csv
+from .io import KfError, ParamError, atomic_write, read_json, write_csv
 from .metrics import macro_f1
 from .preflight import preflight
 from .pseudo import PSEUDO_FILE, select_pseudo, write_pseudo
@@ -58,8 +58,8 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) 
     it is rewritten with the new settings instead of refused.
 
     Raises:
-        KfError: the run folder holds a started run with other settings or
-            other folds and ``force`` is False.
+        ParamError: the run folder holds a started run with other settings or
+            other folds and ``force`` is False (the message names ``force``).
     """
     run_dir = oof_dir / cfg.name
     meta_path = run_json_path(run_dir)
@@ -67,13 +67,13 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) 
     if meta_path.exists() and not force and started:
         old = read_run_json(run_dir)
         if old.get("folds_fingerprint") != data.folds_meta["folds_fingerprint"]:
-            raise KfError(f"{meta_path}: trained on other folds; use --force to retrain or another run name")
+            raise ParamError(f"{meta_path}: trained on other folds; use {{force}} to retrain or another run name", "force")
         # keys added to TrainConfig after the old run was made count as their defaults
         a, b = _comparable({**TrainConfig().to_dict(), **old.get("config", {})}), _comparable(cfg.to_dict())
         diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
         if diff or old.get("data", {}).get("age_cuts") != list(data.data_settings["age_cuts"]):
-            raise KfError(f"{meta_path}: trained with other settings ({'; '.join(diff) or 'data settings'}); "
-                          "use --force to retrain or another run name")
+            raise ParamError(f"{meta_path}: trained with other settings ({'; '.join(diff) or 'data settings'}); "
+                             "use {force} to retrain or another run name", "force")
         return run_dir
     if force and run_dir.exists():
         shutil.rmtree(run_dir)

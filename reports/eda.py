@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from kfold import labels as L
-from kfold.io import KfError, atomic_write, write_csv
+from kfold.io import ParamError, atomic_write, write_csv
 from kfold.labels import band_names, class_labels
 
 from .page import html_page, png_tag, save_png, table_html
@@ -309,11 +309,11 @@ def write_eda(result: EdaResult, out: str | Path) -> list[Path]:
         The paths written.
 
     Raises:
-        KfError: ``out`` exists and is not a folder.
+        ParamError: ``out`` exists and is not a folder.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise KfError(f"{out}: exists and is not a folder (--out)")
+        raise ParamError(f"{out}: exists and is not a folder ({{out}})", "out")
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, file in TABLE_FILES.items():

@@ -58,11 +58,8 @@ def find_reports(oof_dir: str | Path) -> list[str]:
     A run or ensemble is a folder with a ``run.json`` whose ``finished`` is true.
 
     Raises:
-        KfError: ``oof_dir`` does not exist or a ``run.json`` is not valid JSON.
+        ParamError: ``oof_dir`` does not exist. KfError: a ``run.json`` is not valid JSON.
     """
-    oof_dir = Path(oof_dir)
-    if not oof_dir.is_dir():
-        raise KfError(f"{oof_dir}: folder not found (pass --oof, or train runs with kf train first)")
     return finished_names(oof_dir)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from kfold import labels as L
-from kfold.io import KfError
+from kfold.io import KfError, ParamError
 from kfold.labels import band_names
 
 from .evaluate import TASKS, normalise_rows, task_names
@@ -239,7 +239,8 @@ def contact_sheet(mis: pd.DataFrame, data_root: str | Path, title: str, top: int
                 im = im.convert("RGB")
                 im.thumbnail((200, 200))
         except FileNotFoundError:
-            raise KfError(f"{path}: image not found; is --data {data_root} the folder the run was trained on?") from None
+            raise ParamError(f"{path}: image not found; is {{data_root}} {data_root} the folder the run was trained on?",
+                             "data_root") from None
         except (UnidentifiedImageError, OSError) as e:
             raise KfError(f"{path}: cannot read image: {e}") from None
         ax.imshow(np.asarray(im))

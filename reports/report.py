@@ -11,7 +11,7 @@ from typing import Sequence
 
 import pandas as pd
 
-from kfold.io import KfError, atomic_write, write_csv
+from kfold.io import KfError, ParamError, atomic_write, write_csv
 from kfold.runrecord import is_run_dir, read_run_json
 
 from .evaluate import RunReport, evaluate, find_reports
@@ -53,17 +53,18 @@ def write_report(reports: list[RunReport], out: str | Path, data_root: str | Pat
         top: images on each contact sheet (0: no contact sheet).
 
     Raises:
-        KfError: ``out`` is a file; ``data_root`` is missing or lacks an image.
+        ParamError: ``out`` is a file; ``data_root`` is missing (the messages name ``out``, ``data_root``
+            and ``top``). KfError: ``data_root`` lacks an image.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise KfError(f"{out}: exists and is not a folder (--out)")
+        raise ParamError(f"{out}: exists and is not a folder ({{out}})", "out")
     if top > 0 and data_root is None:
-        raise KfError("no data folder for the contact sheet of confident errors (no run.json records one that exists); "
-                      "pass --data, or --top 0 for no contact sheet")
+        raise ParamError("no data folder for the contact sheet of confident errors (no run.json records one that exists); "
+                         "pass {data_root}, or {top} 0 for no contact sheet", "data_root", "top")
     if top > 0 and not Path(data_root).is_dir():
-        raise KfError(f"{data_root}: data folder not found; the contact sheet reads the train images "
-                      "(pass --data, or --top 0 for no contact sheet)")
+        raise ParamError(f"{data_root}: data folder not found; the contact sheet reads the train images "
+                         "(pass {data_root}, or {top} 0 for no contact sheet)", "data_root", "top")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 

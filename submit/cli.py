@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from kfold.io import KfError, check_writable
-from kfold.options import data_option, flag_errors, oof_option, track_option
+from kfold.options import data_option, oof_option, track_option
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -47,8 +47,7 @@ def submit_cmd(source, out, data, oof, overwrite, compare, ground_truth, track):
     track = tracking.wanted(track)
     out = Path(out)
     check_writable(out, overwrite=overwrite)
-    with flag_errors(source="--from", oof_dir="--oof"):
-        src = resolve_source(source, oof)
+    src = resolve_source(source, oof)
     info_ids = read_info_ids(data)
     for inp in (src, Path(data) / "eval" / "info.csv", *(Path(p) for p in (ground_truth,) if p)):
         if _same_file(out, inp):

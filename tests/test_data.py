@@ -13,6 +13,7 @@ from PIL import Image
 from kfold import labels as L
 from kfold.data import read_corrections, read_eval, read_people, read_train
 from kfold.io import KfError
+from kfold.options import flag_errors
 
 STEMS = L.IMAGE_STEMS
 HEADER = "id,gender,race,age,path"
@@ -313,7 +314,9 @@ def test_each_bad_input_stops_with_one_line_naming_the_file_and_row(hand, case):
 
 
 def test_a_missing_data_folder_says_how_to_point_at_one(tmp_path):
-    with pytest.raises(KfError, match="--data"):
+    with pytest.raises(KfError, match=r"\(pass root or set KF_DATA\)$"):
+        read_train(tmp_path / "nowhere")
+    with pytest.raises(KfError, match="--data"), flag_errors(root="--data"):
         read_train(tmp_path / "nowhere")
 
 

@@ -11,6 +11,7 @@ import pytest
 from kfold.data import read_train
 from kfold.folds import ensure_folds, folds_fingerprint, load_folds, make_folds, stratification_report
 from kfold.io import KfError, read_json
+from kfold.options import flag_errors
 from kfold.synth import make_data
 
 
@@ -155,8 +156,11 @@ def test_other_settings_are_refused_instead_of_reusing_the_file(tiny_data, tiny_
         corr = tmp_path / "c.csv"
         corr.write_text(f"path,field,value\n{person},gender,{new}\n")
         images = read_train(tiny_data, corrections=corr)[0]
-    with pytest.raises(KfError, match="other settings.*--force") as err:
+    with pytest.raises(KfError, match="other settings.*another oof_dir folder, or force to rewrite it"):
         ensure_folds(images, oof, k=k, seed=seed)
+    with pytest.raises(KfError, match="other settings.*--force") as err:
+        with flag_errors(force="--force", oof_dir="--oof"):  # as kf folds words it
+            ensure_folds(images, oof, k=k, seed=seed)
     assert str(oof / "folds.csv") in str(err.value)
     assert (oof / "folds.csv").read_bytes() == content
 

@@ -171,7 +171,8 @@ def test_a_node_sees_the_drivers_marker_and_the_data_or_says_why(tmp_path):
     marker.write_text("token")
     assert _sees_storage(str(marker), "token", str(tmp_path)) is None
     assert _sees_storage(str(marker), "other", str(tmp_path)) == f"{tmp_path} is another folder there (its .kf-storage-check holds other text)"
-    assert _sees_storage(str(marker), "token", str(tmp_path / "data")) == f"--data {tmp_path / 'data'}: no such folder"
+    # a kfold.io.ParamError template: check_shared_storage raises it naming data_root (kf train: --data)
+    assert _sees_storage(str(marker), "token", str(tmp_path / "data")) == f"{{data_root}} {tmp_path / 'data'}: no such folder"
     why = _sees_storage(str(tmp_path / "gone"), "token", str(tmp_path))
     assert why.startswith(f"cannot read {tmp_path / 'gone'}, which kf train just wrote there")
 

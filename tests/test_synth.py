@@ -13,6 +13,7 @@ from kfold import labels as L
 from kfold import synth
 from kfold.data import read_eval, read_train
 from kfold.io import KfError
+from kfold.options import flag_errors
 from kfold.synth import make_data
 
 
@@ -226,5 +227,7 @@ def test_a_linear_model_on_16x16_pixels_beats_chance_on_mask_gender_and_age(tmp_
 
 @pytest.mark.parametrize("noise", [-0.1, 1.5])
 def test_noise_outside_zero_to_one_is_refused(tmp_path, noise):
-    with pytest.raises(KfError, match="--noise .* must be a fraction in 0..1"):
+    with pytest.raises(KfError, match="^make-data: noise .* must be a fraction in 0..1"):
+        make_data(tmp_path / "d", people=2, eval_people=1, size=(16, 16), noise=noise)
+    with pytest.raises(KfError, match="--noise .* must be a fraction in 0..1"), flag_errors(noise="--noise"):
         make_data(tmp_path / "d", people=2, eval_people=1, size=(16, 16), noise=noise)

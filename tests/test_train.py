@@ -16,6 +16,7 @@ from kfold import device, fold
 from kfold.config import load_config, parse_overrides
 from kfold.data import load_data
 from kfold.io import KfError
+from kfold.options import flag_errors
 from kfold.stagefiles import PROB_COLS
 from kfold.train import train_runs
 
@@ -159,7 +160,9 @@ def test_unknown_config_key_is_refused_with_the_valid_keys(tmp_path):
 def test_set_overrides_are_parsed_as_yaml(tmp_path):
     cfg = tiny_config(tmp_path, extra=["image_size=[40,56]", "augment.hflip=0", "class_weights=balanced"])
     assert cfg.image_size == [40, 56] and cfg.augment["hflip"] == 0.0 and cfg.class_weights == "balanced"
-    with pytest.raises(KfError, match=r"^--set epochs: expected an integer >= 1, got 0$"):
+    with pytest.raises(KfError, match=r"^overrides epochs: expected an integer >= 1, got 0$"):
+        tiny_config(tmp_path, extra=["epochs=0"])
+    with pytest.raises(KfError, match=r"^--set epochs: expected an integer >= 1, got 0$"), flag_errors(overrides="--set"):
         tiny_config(tmp_path, extra=["epochs=0"])
 
 
