@@ -139,7 +139,8 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     for c in cfgs:  # preflight (docs/reliability.md): device, weights, image size, before folds.csv is written
         check_config(c, device=executor == "local")
     check_can_write(oof, folder=True)  # before minutes of work: a read-only or full --oof is one line now
-    bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed, holdout=holdout)
+    with flag_errors(force="kf folds --force"):  # kf train --force retrains runs; rewriting folds.csv is kf folds'
+        bundle = load_data(data, oof, age_cuts, corrections, k, folds_seed, holdout=holdout)
     if bundle.has_holdout:
         meta = bundle.folds_meta
         click.echo(f"holdout: {meta['n_holdout_people']} people ({meta['n_holdout_images']} images) withheld from every "

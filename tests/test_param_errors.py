@@ -131,10 +131,11 @@ def test_a_command_maps_each_parameter_to_its_own_flag():
         "--run 'x': not under --oof"
 
 
-def test_the_cli_prints_the_same_error_with_its_flags(tiny_data, tmp_path):
-    def kf(*args):
-        return CliRunner().invoke(main, [str(a) for a in args], prog_name="kf")
+def kf(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], prog_name="kf")
 
+
+def test_the_cli_prints_the_same_error_with_its_flags(tiny_data, tmp_path):
     r = kf("make-data", tmp_path / "d", "--people", 0)
     assert r.exit_code == 2 and r.output.strip() == \
         "error: make-data: need --people >= 1, --eval-people >= 1 and a size of at least 16x16"
@@ -151,3 +152,11 @@ def test_the_cli_prints_the_same_error_with_its_flags(tiny_data, tmp_path):
     assert kf("folds", "--data", tiny_data, "--oof", oof, "--k", 2).exit_code == 0
     r = kf("folds", "--data", tiny_data, "--oof", oof, "--k", 3)  # ensure_folds(oof_dir=, force=)
     assert r.exit_code == 2 and "use another --oof folder, or --force to rewrite it (runs trained" in r.output
+
+
+def test_kf_train_on_mismatched_folds_points_to_kf_folds_force(tiny_data, tmp_path):
+    """kf train --force retrains runs; the folds.csv mismatch names the command that rewrites folds.csv."""
+    oof = tmp_path / "oof"
+    assert kf("folds", "--data", tiny_data, "--oof", oof, "--k", 2).exit_code == 0
+    r = kf("train", "--data", tiny_data, "--oof", oof, "--k", 3, "--config", ROOT / "configs" / "lite0.yaml")
+    assert r.exit_code == 2 and "use another --oof folder, or kf folds --force to rewrite it (runs trained" in r.output
