@@ -95,7 +95,8 @@ def parse_folds(value: str, k: int) -> list[int] | None:
 @click.option("--fold", "fold", default="all", show_default=True, help="all, one fold (0) or a list (0,2).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, parsed as YAML (repeatable): --set epochs=1 --set image_size=[96,96].")
-@click.option("--force", is_flag=True, help="Retrain finished folds (deletes the run folder first).")
+@click.option("--force", is_flag=True, help="Retrain the selected folds even if finished (same settings: only those folds are deleted; "
+                   "other settings: the whole run folder, finished folds included).")
 @click.option("--progress/--no-progress", default=None, help="Per-epoch progress bar (default: when on a terminal).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: folds one after another here; ray: each (run, fold) a Ray task (pip install -e '.[ray]').")

@@ -50,12 +50,52 @@ def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in RUNTIME_KEYS}
 
 
-def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) -> Path:
+def _mismatch(cfg: TrainConfig, data: DataBundle, run_dir: Path) -> str | None:
+    """Why the started run in ``run_dir`` cannot go on with ``cfg`` (other folds, other settings), or None."""
+    old = read_run_json(run_dir)
+    if old.get("folds_fingerprint") != data.folds_meta["folds_fingerprint"]:
+        return "trained on other folds"
+    # keys added to TrainConfig after the old run was made count as their defaults
+    a, b = _comparable({**TrainConfig().to_dict(), **old.get("config", {})}), _comparable(cfg.to_dict())
+    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diff or old.get("data", {}).get("age_cuts") != list(data.data_settings["age_cuts"]):
+        return f"trained with other settings ({'; '.join(diff) or 'data settings'})"
+    return None
+
+
+#: run.json keys that assemble_run writes when every fold is done
+ASSEMBLED_KEYS = ("oof_macro_f1", "oof_accuracy", "oof_task_accuracy", "holdout_macro_f1", "seconds")
+
+
+def forget_folds(run_dir: Path, folds: list[int]) -> None:
+    """Delete folds ``folds`` of a run, so that they retrain; its other finished folds stay.
+
+    run.json is rewritten first (``finished: false``, the assembled scores
+    and those folds' results removed), then the run's ``oof.csv`` /
+    ``test.csv`` / ``holdout.csv`` and the ``fold<k>/`` folders are deleted:
+    a kill in between leaves an unfinished run that the next call completes.
+    """
+    meta = read_run_json(run_dir).to_dict()
+    meta = {k: v for k, v in meta.items() if k not in ASSEMBLED_KEYS}
+    meta["finished"] = False
+    meta["folds"] = {f: r for f, r in (meta.get("folds") or {}).items() if int(f) not in folds}
+    write_run_json(meta, run_dir)
+    for name in ("oof.csv", "test.csv", "holdout.csv"):
+        (run_dir / name).unlink(missing_ok=True)
+    for f in folds:
+        shutil.rmtree(run_dir / f"fold{f}", ignore_errors=True)
+
+
+def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool, folds: list[int] | None = None,
+                echo: Callable[[str], None] | None = None) -> Path:
     """Create ``<oof>/<run>/`` with run.json and config.yaml, or check that an existing run matches.
 
     A run folder in which no fold has started (no ``fold<k>/*.pt`` or
     ``result.json``, e.g. after a call stopped by a bad image) holds no work:
-    it is rewritten with the new settings instead of refused.
+    it is rewritten with the new settings instead of refused. With ``force``,
+    a run with the same settings and folds loses only the folds in ``folds``
+    (:func:`forget_folds`; all when None), and one with other settings or
+    folds is deleted whole (``echo`` says which finished folds go with it).
 
     Raises:
         ParamError: the run folder holds a started run with other settings or
@@ -64,18 +104,25 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool) 
     run_dir = oof_dir / cfg.name
     meta_path = run_json_path(run_dir)
     started = any(run_dir.glob("fold*/*.pt")) or any(run_dir.glob("fold*/result.json"))
-    if meta_path.exists() and not force and started:
-        old = read_run_json(run_dir)
-        if old.get("folds_fingerprint") != data.folds_meta["folds_fingerprint"]:
-            raise ParamError(f"{meta_path}: trained on other folds; use {{force}} to retrain or another run name", "force")
-        # keys added to TrainConfig after the old run was made count as their defaults
-        a, b = _comparable({**TrainConfig().to_dict(), **old.get("config", {})}), _comparable(cfg.to_dict())
-        diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        if diff or old.get("data", {}).get("age_cuts") != list(data.data_settings["age_cuts"]):
-            raise ParamError(f"{meta_path}: trained with other settings ({'; '.join(diff) or 'data settings'}); "
-                             "use {force} to retrain or another run name", "force")
+    try:
+        why = _mismatch(cfg, data, run_dir) if meta_path.exists() and started else None
+    except KfError as e:  # a damaged run.json: refused as before, or deleted with the folder under force
+        if not force:
+            raise
+        why = f"run.json unreadable ({e})"
+    if meta_path.exists() and started and not force:
+        if why:
+            raise ParamError(f"{meta_path}: {why}; use {{force}} to retrain or another run name", "force")
+        return run_dir
+    k = data.folds_meta["k"]
+    if force and meta_path.exists() and started and why is None and folds is not None and set(folds) != set(range(k)):
+        forget_folds(run_dir, folds)
         return run_dir
     if force and run_dir.exists():
+        kept = sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/result.json")
+                      if p.parent.name[4:].isdigit() and int(p.parent.name[4:]) not in (folds or range(k)))
+        if kept and echo is not None:
+            echo(f"{cfg.name}: {why}; the whole run folder is deleted, finished folds {kept} included")
         shutil.rmtree(run_dir)
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +223,7 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
     # before a run folder is written (or, with --force, deleted); Ray tasks check their own device
     preflight(cfgs, data, oof_dir, caches=force, device=executor == "local")
     pseudo = pseudo_selections(cfgs, data, oof_dir)  # a bad source stops the call before anything is written
-    run_dirs = [prepare_run(c, data, oof_dir, force) for c in cfgs]
+    run_dirs = [prepare_run(c, data, oof_dir, force, folds, echo) for c in cfgs]
     for cfg, run_dir in zip(cfgs, run_dirs):
         if cfg.name in pseudo:
             record_pseudo(run_dir, *pseudo[cfg.name], echo)

@@ -109,6 +109,31 @@ def test_rerun_with_other_settings_is_refused(trained):
         train_runs([cfg], data, oof_dir, echo=lambda s: None, progress=False)
 
 
+@pytest.mark.trains
+def test_force_on_a_fold_selection_retrains_those_folds_and_keeps_the_others(trained, tiny_data, tmp_path):
+    """--fold 0 --force with the same settings: fold 0 retrains; folds 1 and 2 stay byte for byte."""
+    import shutil
+
+    oof_dir = tmp_path / "oof"
+    shutil.copytree(trained[0], oof_dir, ignore=shutil.ignore_patterns("cache"))
+    data = load_data(tiny_data, oof_dir, k=3, seed=0)
+    kept = {p: p.read_bytes() for f in (1, 2) for p in sorted((oof_dir / "tiny" / f"fold{f}").iterdir())}
+    old0 = (oof_dir / "tiny" / "fold0" / "result.json").stat().st_mtime_ns
+    lines = []
+    meta = train_runs([tiny_config(tmp_path)], data, oof_dir, folds=[0], force=True, echo=lines.append, progress=False)[0]
+    assert {p: p.read_bytes() for p in kept} == kept
+    assert (oof_dir / "tiny" / "fold0" / "result.json").stat().st_mtime_ns != old0
+    assert not any("skipped" in s for s in lines) and meta["finished"] and sorted(meta["folds"]) == ["0", "1", "2"]
+    assert len(pd.read_csv(oof_dir / "tiny" / "oof.csv")) == len(data.folds)
+    # other settings: the whole folder goes, and the call says which finished folds go with it
+    lines = []
+    meta = train_runs([tiny_config(tmp_path, extra=["epochs=2"])], data, oof_dir, folds=[0], force=True,
+                      echo=lines.append, progress=False)[0]
+    assert any("epochs: 1 -> 2" in s and "finished folds [1, 2] included" in s for s in lines), lines
+    assert not meta["finished"] and sorted(meta["folds"]) == ["0"]
+    assert not (oof_dir / "tiny" / "fold1").exists()
+
+
 class Interrupted(Exception):
     pass
 
