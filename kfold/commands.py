@@ -104,7 +104,7 @@ def parse_folds(value: str, k: int) -> list[int] | None:
 @click.option("--pseudo", default=None, metavar="RUN_OR_ENSEMBLE",
               help="Pseudo-labels: test images this finished run or ensemble (e.g. ensemble/best) predicts with "
                    "confidence >= --pseudo-threshold join every fold's training rows (= --set pseudo=...).")
-@click.option("--pseudo-threshold", type=float, default=None,
+@click.option("--pseudo-threshold", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Minimum top-class probability of a pseudo-label [config: 0.9] (= --set pseudo_threshold=...).")
 @track_option
 def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs, fold, overrides, force, progress, executor, address,
@@ -130,12 +130,15 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     from .preflight import check_config
     from .train import train_runs
 
+    if address is not None and executor != "ray":
+        raise click.BadParameter("needs --executor ray (the folds would train here, not on that cluster)",
+                                 param_hint="--address")
     sets = parse_overrides(overrides)
     sets += [(k_, v) for k_, v in (("pseudo", pseudo), ("pseudo_threshold", pseudo_threshold)) if v is not None]
     cfgs = tracking.enable([load_config(c, sets) for c in configs], track)
     names = [c.name for c in cfgs]
     if len(set(names)) != len(names):
-        raise click.UsageError(f"two configs share a run name: {names}; give each a distinct name")
+        raise click.UsageError(f"two configs share a run name ({', '.join(names)}); give each a distinct name")
     folds = parse_folds(fold, k)  # before load_data writes folds.csv
     for c in cfgs:  # preflight (docs/reliability.md): device, weights, image size, before folds.csv is written
         check_config(c, device=executor == "local")

@@ -134,6 +134,31 @@ def _quiet_ray_errors():
         worker.print_to_stdstream = printer
 
 
+def check_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Refuse a Ray address that is malformed or where nothing listens, in one line, before ``ray.init``.
+
+    ``None``, ``auto`` and ``local`` are left to Ray. ``host:port`` (or
+    ``ray://host:port``) must parse and accept a TCP connection within
+    ``timeout_s`` seconds: ``ray.init`` itself retries an unreachable GCS for
+    minutes and prints only its own log lines.
+
+    Raises:
+        ParamError: the address is not ``host:port``, or nothing answers there.
+    """
+    import socket
+
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ParamError(f"{{address}} {address}: expected auto or host:port, e.g. 10.0.0.5:6379", "address")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ParamError(f"{{address}} {address}: cannot connect ({e.strerror or type(e).__name__}). Is a cluster "
+                         "running there (`ray start --head`)?", "address") from None
+
+
 def run_jobs_on_ray(jobs: list[Job], fold_job: Callable, shared, oof_dir: str | Path, data_root: str | Path,
                     echo: Callable[[str], None] = print, address: str | None = None, max_retries: int = MAX_RETRIES,
                     cpus_per_task: int | None = None, wait_s: float | None = None,
@@ -187,7 +212,7 @@ def run_jobs_on_ray(jobs: list[Job], fold_job: Callable, shared, oof_dir: str | 
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                      **(init_kwargs or {}))
-        except ConnectionError as e:
+        except (ConnectionError, ValueError) as e:
             raise ParamError(f"{{address}} {address}: {last_line(e).rstrip('.')}. Is a cluster running there "
                              "(`ray start --head`)? If Ray logged InvalidAuthToken, set RAY_AUTH_MODE=token with the "
                              "cluster's token (docs/scale-out.md)", "address") from None

@@ -34,7 +34,7 @@ from .cache import image_caches
 from .config import RUNTIME_KEYS, TrainConfig, dump_config
 from .data import DataBundle
 from .device import versions
-from .executors import Job, require_ray, run_jobs_on_ray
+from .executors import Job, check_address, require_ray, run_jobs_on_ray
 from .fold import RunSpec, fold_job, run_fold
 from .folds import HOLDOUT_COLS
 from .heads import task_accuracy, train_cuts
@@ -220,6 +220,7 @@ def train_runs(cfgs: list[TrainConfig], data: DataBundle, oof_dir: str | Path, f
         raise KfError(f"executor {executor!r}: choose local or ray")
     if executor == "ray":
         require_ray()  # before anything is written
+        check_address(address)  # ray.init would retry an unreachable address for minutes
     # before a run folder is written (or, with --force, deleted); Ray tasks check their own device
     preflight(cfgs, data, oof_dir, caches=force, device=executor == "local")
     pseudo = pseudo_selections(cfgs, data, oof_dir)  # a bad source stops the call before anything is written

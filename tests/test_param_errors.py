@@ -160,3 +160,29 @@ def test_kf_train_on_mismatched_folds_points_to_kf_folds_force(tiny_data, tmp_pa
     assert kf("folds", "--data", tiny_data, "--oof", oof, "--k", 2).exit_code == 0
     r = kf("train", "--data", tiny_data, "--oof", oof, "--k", 3, "--config", ROOT / "configs" / "lite0.yaml")
     assert r.exit_code == 2 and "use another --oof folder, or kf folds --force to rewrite it (runs trained" in r.output
+
+
+def test_a_ray_address_is_checked_before_ray_init_and_without_ray(tiny_data, tmp_path):
+    """A malformed address or one where nothing listens is one line, at once (ray.init would retry for minutes)."""
+    import socket
+
+    from kfold.executors import check_address
+
+    with pytest.raises(ParamError, match=r"^address not-a-host: expected auto or host:port"):
+        check_address("not-a-host")
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there now
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    with pytest.raises(ParamError, match=rf"^address 127\.0\.0\.1:{free}: cannot connect"):
+        check_address(f"127.0.0.1:{free}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_address(f"127.0.0.1:{s.getsockname()[1]}")
+        check_address(f"ray://127.0.0.1:{s.getsockname()[1]}")
+    for a in (None, "auto", "local"):
+        check_address(a)
+    r = kf("train", "--data", tiny_data, "--oof", tmp_path / "oof", "--config", ROOT / "configs" / "lite0.yaml",
+           "--address", "auto")
+    assert r.exit_code == 2 and r.output.startswith("error: Invalid value for --address: needs --executor ray")
+    assert not (tmp_path / "oof").exists()
