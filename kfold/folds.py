@@ -185,17 +185,48 @@ def ensure_folds(images: pd.DataFrame, oof_dir: str | Path, k: int = 5, seed: in
         return _ensure_folds(images, oof_dir, k, seed, force, want, holdout)
 
 
+def _changed_images(oof_dir: Path, images: pd.DataFrame) -> str:
+    """What differs between the images and labels behind ``folds.csv`` (and ``holdout.csv``) and ``images``, in words.
+
+    ``""`` when the files cannot be read or nothing differs image by image.
+    """
+    try:
+        old = load_folds(oof_dir)[HOLDOUT_COLS]
+        if (oof_dir / HOLDOUT_CSV).exists():
+            old = pd.concat([old, read_csv(oof_dir / HOLDOUT_CSV, dtype={"person": str, "image": str})[HOLDOUT_COLS]])
+    except KfError:
+        return ""
+    both = old.merge(images[HOLDOUT_COLS], on="image", how="outer", suffixes=("_old", "_new"), indicator=True)
+    gone, new = both[both["_merge"] == "left_only"], both[both["_merge"] == "right_only"]
+    relabel = both[(both["_merge"] == "both") & (both["label_old"] != both["label_new"])]
+    moved = both[(both["_merge"] == "both") & (both["person_old"] != both["person_new"])]
+    parts = []
+    if len(relabel):
+        r = relabel.iloc[0]
+        parts.append(f"{len(relabel)} image(s) with another label, e.g. {r['image']}: {int(r['label_old'])} -> "
+                     f"{int(r['label_new'])}")
+    for what, rows in (("new", new), ("gone", gone), ("with another person", moved)):
+        if len(rows):
+            parts.append(f"{len(rows)} image(s) {what}, e.g. {rows.iloc[0]['image']}")
+    return "; ".join(parts)
+
+
 def _ensure_folds(images: pd.DataFrame, oof_dir: Path, k: int, seed: int, force: bool, want: str,
                   holdout: float) -> tuple[pd.DataFrame, dict, bool]:
     csv, meta_path = oof_dir / FOLDS_CSV, oof_dir / FOLDS_JSON
     if csv.exists() and not force:
         meta = read_json(meta_path)
         if meta.get("settings_fingerprint") != want:
+            same = (meta.get("k"), meta.get("seed"), float(meta.get("holdout", 0))) == (k, seed, float(holdout))
+            changed = _changed_images(oof_dir, images) if same else ""
+            asked = (f"made with other settings than asked: the same K, seed and holdout, other data ({changed}; "
+                     "train.csv, the age cuts or the corrections changed since)"
+                     if changed else
+                     f"made with other settings (K={meta.get('k')}, seed={meta.get('seed')}, "
+                     f"holdout={meta.get('holdout', 0)}, {meta.get('n_images')} images) than asked (K={k}, seed={seed}, "
+                     f"holdout={holdout:g}, {len(images)} images, or other labels/corrections)")
             raise ParamError(
-                f"{csv}: made with other settings (K={meta.get('k')}, seed={meta.get('seed')}, "
-                f"holdout={meta.get('holdout', 0)}, {meta.get('n_images')} images) than asked (K={k}, seed={seed}, "
-                f"holdout={holdout:g}, {len(images)} images, "
-                "or other labels/corrections); use another {oof_dir} folder, or {force} to rewrite it "
+                f"{csv}: {asked}; use another {{oof_dir}} folder, or {{force}} to rewrite it "
                 "(runs trained on the old folds can then not be ensembled with new ones)", "oof_dir", "force")
         folds = load_folds(oof_dir)
         return folds, meta, True
