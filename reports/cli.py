@@ -17,6 +17,26 @@ def _label_options(f):
     return f
 
 
+def check_out(out: str | None, data: str | None, oof: str | None = None) -> None:
+    """Refuse an ``--out`` inside the competition folder (``--data``) or equal to the ``--oof`` folder itself.
+
+    Reports there would mix with the images (and every later read would warn
+    about the unexpected files) or scatter among the run folders.
+
+    Raises:
+        click.BadParameter: one line naming ``--out`` and the folder it is inside.
+    """
+    if out is None:
+        return
+    where = Path(out).resolve()
+    if data is not None and Path(data).is_dir() and where.is_relative_to(Path(data).resolve()):
+        raise click.BadParameter(f"{out} is inside the competition folder {data}; choose a folder outside it",
+                                 param_hint="--out")
+    if oof is not None and where == Path(oof).resolve():
+        raise click.BadParameter(f"{out} is the --oof folder itself; choose a folder of its own (default: "
+                                 f"{Path(oof) / 'report'})", param_hint="--out")
+
+
 @click.command("eda")
 @data_option
 @click.option("--out", type=click.Path(file_okay=False), default="eda", show_default=True,
@@ -34,6 +54,7 @@ def eda_cmd(data, out, age_cuts, corrections):
     """
     from .eda import eda_tables, format_summary, write_eda
 
+    check_out(out, data)
     result = eda_tables(data, age_cuts, corrections)
     written = write_eda(result, out)
     click.echo(format_summary(result))
@@ -64,6 +85,7 @@ def report_cmd(names, oof, data, out, top):
     src = click.get_current_context().get_parameter_source("data")
     if src is not None and src.name == "DEFAULT" and not Path(data).is_dir():
         data = None  # fall back to the run's recorded data root
+    check_out(out, data, oof)
     reports, written = run_report(list(names), oof, out=out, data_root=data, top=top)
     click.echo(format_summary(reports))
     out_dir = Path(out) if out is not None else Path(oof) / "report"

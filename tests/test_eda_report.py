@@ -408,3 +408,15 @@ def test_report_refuses_logits_naming_the_row(hand, tmp_path):
     df.to_csv(oof / "hand" / "oof.csv", index=False)
     with pytest.raises(KfError, match=r"oof.csv: row 5 .*not logits"):
         evaluate("hand", oof)
+
+
+def test_out_inside_the_competition_folder_or_equal_to_oof_is_refused(tiny_data, tmp_path):
+    """Reports written among the images would be read as junk later; at the --oof root they mix with the runs."""
+    before = sorted(p for p in Path(tiny_data).rglob("*"))
+    for out in (Path(tiny_data) / "train", Path(tiny_data) / "eda"):
+        r = invoke("eda", "--data", str(tiny_data), "--out", str(out))
+        assert r.exit_code == 2 and "is inside the competition folder" in r.output, r.output
+    (tmp_path / "oof").mkdir()
+    r = invoke("report", "--oof", str(tmp_path / "oof"), "--out", str(tmp_path / "oof"), "--top", "0")
+    assert r.exit_code == 2 and "is the --oof folder itself" in r.output, r.output
+    assert sorted(p for p in Path(tiny_data).rglob("*")) == before and not any((tmp_path / "oof").iterdir())
