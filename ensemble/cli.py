@@ -134,6 +134,9 @@ def with_tta(oof: str, data: str, names: list[str] | None, tta: str) -> list[str
         with stage_lock(target, click.echo):  # two calls: the later one finds the re-prediction done
             done = is_run_dir(target) and read_run_json(target).finished
             if not done:
+                if not Path(data).is_dir():  # before minutes of model loading: one line naming the flag
+                    raise click.BadParameter(f"{data}: data folder not found; --tta re-predicts {n} from the train and "
+                                             "eval images", param_hint="--data")
                 click.echo(f"{n}: re-predicting OOF and test with TTA {tta} from its fold checkpoints")
                 repredict_run(run_dir, data, tta, target, echo=click.echo)
         out.append(target.name)

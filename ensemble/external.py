@@ -338,6 +338,10 @@ def import_run(oof_dir: str | Path, name: str, oof_csv: str | Path, test_csvs: S
     out = oof_dir / name
     _check_destination(out, overwrite)
     cols = parse_columns(columns)
+    if not (oof_dir / FOLDS_CSV).is_file():
+        raise ParamError(f"{oof_dir / FOLDS_CSV}: file not found; an import is checked against the folds its OOF rows "
+                         "were predicted on (pass the {oof_dir} whose folds kf export gave the teammate, or make them "
+                         "with kf folds and the same settings)", "oof_dir")
     folds = load_folds(oof_dir)
     meta = read_json(oof_dir / FOLDS_JSON)
     k = int(meta.get("k") or folds["fold"].nunique())

@@ -63,6 +63,13 @@ def folds_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, force):
     if meta.get("holdout"):
         click.echo(f"{'reused' if reused else 'wrote'} {Path(oof) / 'holdout.csv'}: {meta['n_holdout_people']} people "
                    f"({meta['holdout']:g} of all), {meta['n_holdout_images']} images withheld from every fold")
+    if force and not reused:
+        from .runrecord import read_run_json, run_dirs
+
+        stale = [d.name for d in run_dirs(oof) if read_run_json(d).folds_fingerprint not in (None, meta["folds_fingerprint"])]
+        if stale:
+            click.echo(f"warning: trained on the old folds: {', '.join(stale)}; kf ensemble will not blend them with runs "
+                       "on these folds (retrain them with kf train --force)", err=True)
     tab = stratification_report(folds, images)
     click.echo("gender x age-band share per fold (%), people counted once:")
     click.echo(tab.to_string())
