@@ -140,6 +140,10 @@ def train_cmd(data, oof, age_cuts, corrections, k, folds_seed, holdout, configs,
     if address is not None and executor != "ray":
         raise click.BadParameter("needs --executor ray (the folds would train here, not on that cluster)",
                                  param_hint="--address")
+    if executor == "ray":
+        from .executors import check_address
+
+        check_address(address)  # before folds.csv is written (train_runs checks again for library callers)
     sets = parse_overrides(overrides)
     sets += [(k_, v) for k_, v in (("pseudo", pseudo), ("pseudo_threshold", pseudo_threshold)) if v is not None]
     cfgs = tracking.enable([load_config(c, sets) for c in configs], track)

@@ -306,7 +306,7 @@ def stratification_report(folds: pd.DataFrame, images: pd.DataFrame) -> pd.DataF
     per = folds[["image", "fold"]].merge(images[["image", "person", "gender", "age_band"]], on="image")
     per = per.drop_duplicates("person")  # holdout people (not in folds) are left out
     cls = "g" + per["gender"].astype(str) + "a" + per["age_band"].astype(str)
-    tab = pd.crosstab(per["fold"], cls, normalize="index") * 100
+    tab = pd.crosstab(per["fold"], cls.rename("class"), normalize="index") * 100
     overall = cls.value_counts(normalize=True).reindex(tab.columns).fillna(0) * 100
     tab["max_dev_pp"] = (tab[overall.index] - overall).abs().max(axis=1)
     tab.loc["all"] = list(overall) + [0.0]

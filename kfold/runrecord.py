@@ -347,6 +347,6 @@ def resolve_test_csv(source: str, oof_dir: str | Path = "oof") -> Path:
                          "source")
     available = list_sources(oof_dir)
     hint = (f"available in {oof_dir}: {', '.join(available)}" if available
-            else f"{oof_dir}: folder not found; pass {{oof_dir}}, or a path to a test.csv" if not Path(oof_dir).is_dir()
+            else f"{oof_dir}: folder not found; check {{oof_dir}}, or pass a path to a test.csv" if not Path(oof_dir).is_dir()
             else f"{oof_dir} holds no run or ensemble with a test.csv; pass {{oof_dir}}, or a path to a test.csv")
     raise ParamError(f"{{source}} {source}: {cand} not found ({hint})", "source", "oof_dir")

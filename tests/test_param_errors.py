@@ -198,7 +198,7 @@ def test_kf_folds_force_names_the_runs_left_on_the_old_folds(tiny_data, tmp_path
     r = kf("folds", "--data", tiny_data, "--oof", oof, "--k", 3, "--force")
     assert r.exit_code == 0 and "warning: trained on the old folds: old; kf ensemble will not blend them" in r.output
     r = kf("submit", "--oof", tmp_path / "nothere", "--from", "old", "--out", tmp_path / "s.csv")
-    assert r.exit_code == 2 and "nothere: folder not found; pass --oof" in r.output
+    assert r.exit_code == 2 and "nothere: folder not found; check --oof" in r.output
     r = kf("import", "mate", "--oof", tmp_path / "nofolds", "--oof-csv", oof / "folds.csv", "--test-csv",
            oof / "folds.csv", "--who", "a", "--where", "b")
     assert r.exit_code == 2 and "nofolds/folds.csv: file not found; an import is checked against the folds" in r.output
