@@ -18,8 +18,8 @@ unless tracking is on (``--track``, ``track: true`` in a config, or
 Runs are found again by tags, never by state kept in ``oof/`` (which
 tracking does not change): a parent by ``kf.run_key`` (the run folder's
 absolute path and the modification time of its ``config.yaml``, written
-once when the folder is created, so ``--force`` or a deleted and recreated
-folder starts a new parent), a fold child by ``kf.parent_key`` and
+once when the folder is created and again by ``--force`` on a fold
+selection, so ``--force`` or a deleted and recreated folder starts a new parent), a fold child by ``kf.parent_key`` and
 ``kf.fold``. So a resumed fold, a Ray retry, a Ray worker on another node
 (sharing the ``oof/`` storage) or a rerun that skips finished folds all
 continue the same MLflow runs. Epoch metrics are logged after the epoch's

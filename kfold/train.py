@@ -117,6 +117,8 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool, 
     k = data.folds_meta["k"]
     if force and meta_path.exists() and started and why is None and folds is not None and set(folds) != set(range(k)):
         forget_folds(run_dir, folds)
+        with atomic_write(run_dir / "config.yaml") as fh:  # a new file: tracking starts a new parent run, as for --force
+            fh.write(dump_config(cfg))
         return run_dir
     if force and run_dir.exists():
         kept = sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/result.json")
