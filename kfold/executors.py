@@ -330,5 +330,5 @@ def _run_tasks(ray, nodes: list[dict], checked: int, jobs: list[Job], fold_job: 
                         f"{'these folds resume' if len(stranded) > 1 else 'it resumes'} from the last finished epoch")
     if failures:
         head = "" if len(failures) == 1 else f"{len(failures)} failures: "
-        raise ParamError(head + "; ".join(failures), *sorted(params))
+        raise ParamError(head + "; ".join(failures), *sorted(params)) if params else KfError(head + "; ".join(failures))
     return [results[i] for i in range(len(jobs))]

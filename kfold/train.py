@@ -103,34 +103,31 @@ def prepare_run(cfg: TrainConfig, data: DataBundle, oof_dir: Path, force: bool, 
     """
     run_dir = oof_dir / cfg.name
     meta_path = run_json_path(run_dir)
-    started = any(run_dir.glob("fold*/*.pt")) or any(run_dir.glob("fold*/result.json"))
+    started = meta_path.exists() and (any(run_dir.glob("fold*/*.pt")) or any(run_dir.glob("fold*/result.json")))
     try:
-        why = _mismatch(cfg, data, run_dir) if meta_path.exists() and started else None
+        why = _mismatch(cfg, data, run_dir) if started else None
     except KfError as e:  # a damaged run.json: refused as before, or deleted with the folder under force
         if not force:
             raise
         why = f"run.json unreadable ({e})"
-    if meta_path.exists() and started and not force:
+    if started and not force:
         if why:
             raise ParamError(f"{meta_path}: {why}; use {{force}} to retrain or another run name", "force")
         return run_dir
     k = data.folds_meta["k"]
-    if force and meta_path.exists() and started and why is None and folds is not None and set(folds) != set(range(k)):
-        forget_folds(run_dir, folds)
-        with atomic_write(run_dir / "config.yaml") as fh:  # a new file: tracking starts a new parent run, as for --force
-            fh.write(dump_config(cfg))
-        return run_dir
-    if force and run_dir.exists():
-        kept = sorted(int(p.parent.name[4:]) for p in run_dir.glob("fold*/result.json")
-                      if p.parent.name[4:].isdigit() and int(p.parent.name[4:]) not in (folds or range(k)))
-        if kept and echo is not None:
-            echo(f"{cfg.name}: {why}; the whole run folder is deleted, finished folds {kept} included")
-        shutil.rmtree(run_dir)
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_json(RunRecord.trained(cfg.name, cfg.to_dict(), data.data_settings, data.folds_meta["folds_fingerprint"],
-                                     data.folds_meta["k"], cfg.tta, train_cuts(cfg, data.data_settings["age_cuts"]),
-                                     versions()), run_dir)
+    folds = list(range(k)) if folds is None else folds
+    if force and started and why is None and set(folds) != set(range(k)):
+        forget_folds(run_dir, folds)  # the same run: only the selected folds retrain
+    else:
+        if force and run_dir.exists():
+            kept = [f for f in range(k) if f not in folds and (run_dir / f"fold{f}" / "result.json").exists()]
+            if kept and echo is not None:
+                echo(f"{cfg.name}: {why}; the whole run folder is deleted, finished folds {kept} included")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_json(RunRecord.trained(cfg.name, cfg.to_dict(), data.data_settings, data.folds_meta["folds_fingerprint"],
+                                         k, cfg.tta, train_cuts(cfg, data.data_settings["age_cuts"]), versions()), run_dir)
+    # a new config.yaml also after forget_folds: tracking keys a parent run on its mtime, so any --force starts a new one
     with atomic_write(run_dir / "config.yaml") as fh:
         fh.write(dump_config(cfg))
     return run_dir
